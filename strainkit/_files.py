@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path"]
+__all__ = ["FileFormatError", "atomic_path", "open_hdf5"]
 
 
 @contextlib.contextmanager
@@ -42,3 +42,46 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+class FileFormatError(ValueError):
+    """A file exists but is not what was asked for: truncated, not HDF5, or the wrong kind."""
+
+
+@contextlib.contextmanager
+def open_hdf5(path: str | os.PathLike, what: str = "an HDF5 file") -> Iterator:
+    """Open ``path`` read-only as HDF5 with clear errors; the file is closed on exit.
+
+    Raises ``FileNotFoundError`` for a missing file and :class:`FileFormatError` for a
+    truncated or non-HDF5 one.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> bad = pathlib.Path(tempfile.mkdtemp()) / "notes.h5"
+    >>> _ = bad.write_text("not hdf5")
+    >>> with open_hdf5(bad):
+    ...     pass
+    Traceback (most recent call last):
+    ...
+    strainkit._files.FileFormatError: ...is not a readable HDF5 file...
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: {str(path)!r} (expected {what}); check the path")
+    if path.is_dir():
+        raise FileFormatError(f"{str(path)!r} is a folder, not {what}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        size = path.stat().st_size
+        raise FileFormatError(
+            f"{str(path)!r} ({size} bytes) is not a readable HDF5 file: it is truncated, "
+            f"still being written, or in another format (expected {what}). HDF5 said: {err}"
+        ) from None
+    try:
+        yield f
+    finally:
+        f.close()
