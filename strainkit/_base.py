@@ -14,6 +14,7 @@ else.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from typing import Any, ClassVar
 
@@ -70,7 +71,7 @@ def _make_init(fields: dict[str, Any]):
     """An ``__init__`` storing keyword arguments and a signature scikit-learn can read."""
     names = tuple(fields)
 
-    def __init__(self, **kwargs):  # noqa: N807 -- installed as __init__
+    def __init__(self, **kwargs):
         unknown = sorted(set(kwargs) - set(names))
         if unknown:
             raise TypeError(
@@ -78,7 +79,9 @@ def _make_init(fields: dict[str, Any]):
                 f"allowed: {list(names)}"
             )
         for name in names:
-            setattr(self, name, kwargs.get(name, fields[name]))
+            value = kwargs[name] if name in kwargs else fields[name]
+            # a fresh copy of a mutable default, so instances never share one
+            setattr(self, name, copy.copy(value) if name not in kwargs else value)
 
     params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     params += [
@@ -121,7 +124,10 @@ class Estimator(BaseEstimator):
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if "Params" in cls.__dict__ and "__init__" not in cls.__dict__:
-            defaults = {name: f.default for name, f in cls.Params.model_fields.items()}
+            defaults = {
+                name: f.get_default(call_default_factory=True)
+                for name, f in cls.Params.model_fields.items()
+            }
             cls.__init__ = _make_init(defaults)
         register(cls)
 

@@ -227,11 +227,16 @@ class DataCube(_Frozen):
     def is_view(self) -> bool:
         """Whether this cube is a cropped or binned view of its source."""
         s = self._source.shape
-        return self._rwin != (0, s[0], 0, s[1]) or self._qwin != (0, s[2], 0, s[3]) or (
-            self._rbin,
-            self._qbin,
-            self._scale,
-        ) != (1, 1, 1.0)
+        return (
+            self._rwin != (0, s[0], 0, s[1])
+            or self._qwin != (0, s[2], 0, s[3])
+            or (
+                self._rbin,
+                self._qbin,
+                self._scale,
+            )
+            != (1, 1, 1.0)
+        )
 
     def __repr__(self) -> str:
         src = self._source
@@ -321,7 +326,12 @@ class DataCube(_Frozen):
         )
         if r == 1 and q == 1 and self._scale == 1.0:
             return raw
-        nx, ny, nqx, nqy = raw.shape[0] // r, raw.shape[1] // r, raw.shape[2] // q, raw.shape[3] // q
+        nx, ny, nqx, nqy = (
+            raw.shape[0] // r,
+            raw.shape[1] // r,
+            raw.shape[2] // q,
+            raw.shape[3] // q,
+        )
         binned = raw.reshape(nx, r, ny, r, nqx, q, nqy, q).sum(axis=(1, 3, 5, 7), dtype=np.float64)
         return (binned * self._scale).astype(np.float32)
 
@@ -338,7 +348,9 @@ class DataCube(_Frozen):
         """
         n = self.n_frames
         if not 0 <= start <= stop <= n:
-            raise ValueError(f"DataCube.frames: need 0 <= start <= stop <= {n}, got {start}:{stop}")
+            raise ValueError(
+                f"DataCube.frames: need 0 <= start <= stop <= {n}, got {start}:{stop}"
+            )
         ry_n = self.shape[1]
         pieces = []
         pos = start
@@ -370,8 +382,9 @@ class DataCube(_Frozen):
             pos = divmod(start + k, self.shape[1])
             raise ValueError(
                 f"DataCube: the frame at scan position {pos} holds NaN or inf values "
-                f"({int((~good).sum())} bad frame(s) in positions {start}..{start + len(good) - 1})."
-                " Replace them (e.g. np.nan_to_num) or crop them out before processing."
+                f"({int((~good).sum())} bad frame(s) among positions {start}.."
+                f"{start + len(good) - 1}). Replace them (e.g. np.nan_to_num) or crop them "
+                "out before processing."
             )
 
     def iter_blocks(
@@ -530,7 +543,12 @@ class BraggPeaks(_Frozen):
         owner = "BraggPeaks"
         scan_shape = _check_shape2(scan_shape, "scan_shape", owner)
         cols = {}
-        for name, value in (("qx", qx), ("qy", qy), ("intensity", intensity), ("quality", quality)):
+        for name, value in (
+            ("qx", qx),
+            ("qy", qy),
+            ("intensity", intensity),
+            ("quality", quality),
+        ):
             arr = _readonly(value, np.float64, name, owner)
             if arr.ndim != 1:
                 raise ValueError(f"{owner}: {name} must be 1D, got shape {arr.shape}")
@@ -656,7 +674,9 @@ class BraggPeaks(_Frozen):
         >>> p.with_coords(p.qx - 1, p.qy - 1, calibration="origin").calibrations
         ('origin',)
         """
-        return self.replace(qx=qx, qy=qy, calibrations=(*self.calibrations, calibration), **changes)
+        return self.replace(
+            qx=qx, qy=qy, calibrations=(*self.calibrations, calibration), **changes
+        )
 
     def filter(self, keep) -> BraggPeaks:
         """Only the peaks where the boolean array ``keep`` (shape (n,)) is True.
@@ -764,7 +784,13 @@ class LatticeMap(_ScanMap):
     LatticeMap(scan_shape=(1, 2), valid=2/2, units='px', frame='detector')
     """
 
-    _required = {"origin": (2,), "g1": (2,), "g2": (2,), "covariance": (6, 6), "residual": ()}
+    _required: ClassVar[dict[str, tuple[int, ...]]] = {
+        "origin": (2,),
+        "g1": (2,),
+        "g2": (2,),
+        "covariance": (6, 6),
+        "residual": (),
+    }
     _fields = (
         *_required,
         "n_peaks",
@@ -844,8 +870,13 @@ class StrainMap(_ScanMap):
     StrainMap(scan_shape=(2, 2), valid=4/4, frame='real', sigmas=False, lattice=False)
     """
 
-    _required = {"exx": (), "eyy": (), "exy": (), "theta_deg": ()}
-    _optional = {
+    _required: ClassVar[dict[str, tuple[int, ...]]] = {
+        "exx": (),
+        "eyy": (),
+        "exy": (),
+        "theta_deg": (),
+    }
+    _optional: ClassVar[dict[str, tuple[int, ...]]] = {
         name: ()
         for name in (
             "sigma_exx",

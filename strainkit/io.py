@@ -100,7 +100,7 @@ def read(path: str | os.PathLike, dataset: str | None = None) -> DataCube:
         if not path.exists():
             raise FileNotFoundError(f"no such file: {str(path)!r}; check the path")
         try:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            array = np.load(path, mmap_mode="r")  # numpy refuses object arrays by default
         except ValueError as err:
             raise FileFormatError(f"{str(path)!r} is not a readable .npy array: {err}") from None
         return DataCube(array, metadata={"source": str(path)})
@@ -135,7 +135,7 @@ def read_image(path: str | os.PathLike, dataset: str | None = None) -> np.ndarra
     if path.suffix.lower() == ".npy":
         if not path.exists():
             raise FileNotFoundError(f"no such file: {str(path)!r}; check the path")
-        image = np.load(path, allow_pickle=False)
+        image = np.load(path)  # numpy refuses object arrays by default
         if image.ndim != 2:
             raise ValueError(f"{str(path)!r} holds a {image.ndim}D array; an image must be 2D")
         return image.astype(np.float64)

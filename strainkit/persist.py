@@ -1,4 +1,4 @@
-"""Save and load estimators, pipelines and containers as one HDF5 file, without pickle.
+"""Save and load estimators, pipelines and containers as one HDF5 file of arrays and JSON.
 
 File layout (format 1)::
 
@@ -13,7 +13,7 @@ tuples and dicts of them) are kept in attributes ``v.<i>`` as tagged JSON so tha
 NaN and numpy scalar types come back exactly. Arrays come back bit for bit.
 
 Loading looks every class up in strainkit's registry before it reads anything else of
-that node; it never imports by name and never unpickles, so opening a stranger's file can
+that node; it never imports by name and never deserialises code, so opening a stranger's file can
 only build strainkit's own estimators and containers (and scikit-learn's ``Pipeline`` and
 ``FrozenEstimator``). Files are written to a temporary name and renamed, so an interrupted
 save leaves the earlier file intact.
