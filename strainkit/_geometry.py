@@ -22,13 +22,13 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "deformation_from_g",
+    "deformation_from_strain",
     "distortion_matrix",
     "flip_matrix",
-    "rotation_matrix",
-    "deformation_from_g",
-    "strain_from_deformation",
-    "deformation_from_strain",
     "reciprocal_from_real",
+    "rotation_matrix",
+    "strain_from_deformation",
 ]
 
 _SWAP = np.array([[0.0, 1.0], [1.0, 0.0]])
@@ -132,7 +132,9 @@ def deformation_from_strain(exx, eyy, exy, theta_rad) -> np.ndarray:
     array([[1.01, 0.  ],
            [0.  , 1.  ]])
     """
-    exx, eyy, exy, t = np.broadcast_arrays(*(np.asarray(v, float) for v in (exx, eyy, exy, theta_rad)))
+    exx, eyy, exy, t = np.broadcast_arrays(
+        *(np.asarray(v, float) for v in (exx, eyy, exy, theta_rad))
+    )
     f = np.empty(exx.shape + (2, 2))
     f[..., 0, 0] = 1.0 + exx
     f[..., 1, 1] = 1.0 + eyy
