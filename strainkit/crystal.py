@@ -260,13 +260,15 @@ class Crystal:
         hkl, d, f2 = hkl[keep], d[keep], f2[keep]
         order = np.argsort(-d, kind="stable")
         hkl, d, f2 = hkl[order], d[order], f2[order]
+        if d.size == 0:
+            return Reflections(np.zeros((0, 3), int), d, np.zeros(0, int), f2)
         starts = np.flatnonzero(np.r_[True, np.diff(-d) > _D_TOLERANCE])
         counts = np.diff(np.r_[starts, d.size])
         return Reflections(
             hkl=_representatives(hkl, np.repeat(np.arange(starts.size), counts)),
-            d=np.add.reduceat(d, starts) / counts if d.size else d,
+            d=np.add.reduceat(d, starts) / counts,
             multiplicity=counts.astype(int),
-            structure_factor=np.add.reduceat(f2, starts) / counts if d.size else f2,
+            structure_factor=np.add.reduceat(f2, starts) / counts,
         )
 
     def d_spacings(
@@ -297,7 +299,7 @@ class Crystal:
 
     def _indices_within(self, d_min: float) -> np.ndarray:
         # |h| = |g · a1| <= |g| |a1| = |a1| / d, so these bounds hold for any cell.
-        bounds = [int(math.ceil(length / d_min)) for length in (self.a, self.b, self.c)]
+        bounds = [math.ceil(length / d_min) for length in (self.a, self.b, self.c)]
         axes = [np.arange(-n, n + 1) for n in bounds]
         hkl = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
         return hkl[np.any(hkl != 0, axis=1)]
