@@ -1,17 +1,24 @@
-"""Bragg disk detection: correlate every pattern with the probe kernel, find the maxima,
-refine them to subpixel precision.
+"""Bragg disk detection: find every disk by correlation with the probe, then refine each
+one against the pattern with its neighbours and the background taken out.
 
-The work is a pure function of a block of frames (:func:`detect_block`): batched
-``scipy.fft`` correlation, then one numba pass per frame that finds local maxima above
-the thresholds, keeps the strongest ones at least ``min_spacing`` apart and refines each.
+The work is a pure function of a block of frames (:func:`detect_block`):
 
-Subpixel refinement ``'dft'`` locates the maximum of the band-limited (DFT) interpolation
-of the correlation exactly, without upsampling the whole spectrum: the DFT-interpolated
-correlation at ``p + δ`` equals the pattern correlated with the kernel shifted by ``δ``
-through its Fourier series. Those shifted kernels and their first and second derivatives
-with respect to ``δ`` are tabulated once on a 1/8 px grid over a window that holds the
-kernel; Newton steps from the nearest grid point then find the maximum (a few thousand
-multiply-adds per peak, with no rounding to a grid).
+1. **Detection.** Frames binned ``b`` x ``b`` (``b = 2`` for disks of radius >= 4 px) are
+   correlated with the binned probe by batched ``scipy.fft``; local maxima above the
+   thresholds, at least ``min_spacing`` apart, are the disks (parabolic subpixel).
+2. **Refinement** (``subpixel='dft'``). Each disk's position is the maximum of the
+   band-limited (DFT) interpolation of the full-resolution correlation of the pattern
+   with the kernel, found exactly without upsampling any spectrum: the DFT-interpolated
+   correlation at ``p + δ`` equals the pattern correlated with the kernel shifted by
+   ``δ`` through its Fourier series. Those shifted kernels and their first and second
+   derivatives are tabulated once on a 1/8 px grid, and Newton steps from the nearest
+   grid point find the maximum. Before that, the models of the other disks (the
+   template, scaled and shifted) and a local plane fitted around the disk are
+   subtracted, so that neither the overlapping tails of neighbouring disks nor a
+   background slope shift the maximum (two sweeps).
+
+The default kernel, ``'poisson'``, weights the disk edge as the Poisson likelihood does
+(the log of the template), which brings the position error to about the Cramér–Rao bound.
 """
 
 from __future__ import annotations
@@ -21,340 +28,257 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import joblib
-import numba
 import numpy as np
 import pydantic
 import scipy.fft as sfft
 from tqdm.auto import tqdm
 
+from strainkit import _peakfind as pf
 from strainkit._base import Estimator, ParamsModel
 from strainkit.containers import BraggPeaks, DataCube
-from strainkit.probe import ProbeTemplate, kernel_offset
+from strainkit.probe import ProbeTemplate, kernel_offset, make_kernel
 
-__all__ = ["BraggDiskFinder", "BraggVectorMap", "bragg_vector_map", "detect_block"]
+__all__ = [
+    "BraggDiskFinder",
+    "BraggVectorMap",
+    "DetectionPlan",
+    "bragg_vector_map",
+    "detect_block",
+]
 
-_GRID = 8  # tabulated subpixel shifts per px
 _CHUNK = 32  # frames per FFT batch: their spectra stay in cache
 
 
-# ---------------------------------------------------------------------------- kernel bank
+# ---------------------------------------------------------------------------- plan
 
 
-@dataclass(frozen=True)
-class KernelBank:
-    """What a block of frames is correlated with: the kernel spectrum and shifted kernels.
-
-    ``bank[g, a, c, b]`` holds, for grid shift ``g`` (``δ = (gx, gy)/8 − ½``), the
-    component ``c`` in (value, ∂x, ∂y, ∂xx, ∂xy, ∂yy) of the DFT-interpolated kernel
-    ``K̃(m − δ)`` at window offset ``m = (a − h, b − h)``; columns ``b > 2h`` are zero
-    padding so that rows are a whole number of SIMD lanes.
-    """
-
-    spectrum: np.ndarray  # conj(rfft2(kernel)), complex64 (Qx, Qy//2+1)
-    bank: np.ndarray  # (9*9, 2h+1, 6, P) float32, P = 2h+1 rounded up to a SIMD width
-    half: int  # window half width h
-    offset: np.ndarray  # kernel centre within ½ px of pixel (0, 0)
-    kappa0: float  # peak sharpness of a perfect match
-    shape: tuple[int, int]
-
-
-def _kernel_half_width(kernel: np.ndarray) -> int:
-    big = np.argwhere(np.abs(kernel) > 1e-3 * np.abs(kernel).max())
-    n = np.array(kernel.shape)
+def _half_width(image: np.ndarray) -> int:
+    big = np.argwhere(np.abs(image) > 1e-3 * np.abs(image).max())
+    n = np.array(image.shape)
     wrapped = np.where(big > n / 2, n - big, big)
     return int(wrapped.max()) + 2
 
 
-def make_bank(kernel: np.ndarray, offset) -> KernelBank:
-    """Tabulate the DFT-shifted kernel and its derivatives for subpixel refinement.
+def shifted_bank(image: np.ndarray, h: int, derivatives: int) -> np.ndarray:
+    """``image`` (centred on pixel 0, wrapped) shifted by each tabulated δ, in a window.
+
+    Returns shape (9*9, 2h+1, C, P): the value and the derivatives with respect to δ of
+    the DFT-interpolated ``image(m − δ)`` at window offsets ``m = (a − h, b − h)``: up to
+    first order (∂x, ∂y; C = 3) or second (also ∂xx, ∂xy, ∂yy; C = 6). Columns beyond 2h
+    are zero so that rows fill whole SIMD lanes (P = 2h+1 rounded up to 8).
 
     Examples
     --------
-    >>> from strainkit.probe import ProbeTemplate
-    >>> probe = ProbeTemplate.synthetic(6.0, 0.5, (64, 64))
-    >>> bank = make_bank(probe.kernel_, (0.0, 0.0))
-    >>> bank.bank.shape, bank.half
-    ((81, 23, 6, 24), 11)
+    >>> img = np.zeros((16, 16)); img[0, 0] = 1.0
+    >>> shifted_bank(img, 3, derivatives=1).shape
+    (81, 7, 3, 8)
     """
-    nx, ny = kernel.shape
-    h = _kernel_half_width(kernel)
-    spec = np.fft.fft2(kernel)
-    kx = 2j * np.pi * np.fft.fftfreq(nx)[:, None]
-    ky = 2j * np.pi * np.fft.fftfreq(ny)[None, :]
-    # d/dδ of K̃(m − δ) multiplies the spectrum by −ik per derivative
-    factors = [1.0, -kx, -ky, kx * kx, kx * ky, ky * ky]
-    steps = np.arange(_GRID + 1) / _GRID - 0.5
-    idx_x = np.arange(-h, h + 1) % nx
-    idx_y = np.arange(-h, h + 1) % ny
+    nx, ny = image.shape
+    spec = np.fft.fft2(image).astype(np.complex64)
+    kx = (2j * np.pi * np.fft.fftfreq(nx)[:, None]).astype(np.complex64)
+    ky = (2j * np.pi * np.fft.fftfreq(ny)[None, :]).astype(np.complex64)
+    factors = [1.0, -kx, -ky, kx * kx, kx * ky, ky * ky][: 6 if derivatives == 2 else 3]
+    steps = (np.arange(pf.GRID + 1) / pf.GRID - 0.5).astype(np.float32)
+    rows, cols = np.arange(-h, h + 1) % nx, np.arange(-h, h + 1) % ny
     width = -(-(2 * h + 1) // 8) * 8
-    bank = np.zeros(((_GRID + 1) ** 2, 2 * h + 1, 6, width), dtype=np.float32)
+    n_c = len(factors)
+    bank = np.zeros(((pf.GRID + 1) ** 2, 2 * h + 1, n_c, width), dtype=np.float32)
+    fac = np.stack([np.broadcast_to(f, (nx, ny)) for f in factors]).astype(np.complex64)
+    ey = np.exp(-ky * steps[:, None, None])  # (shifts, 1, ny): the ramp is separable
     for gx, dx in enumerate(steps):
-        for gy, dy in enumerate(steps):
-            ramp = spec * np.exp(-kx * dx - ky * dy)
-            for c, f in enumerate(factors):
-                full = np.fft.ifft2(ramp * f).real
-                bank[gx * (_GRID + 1) + gy, :, c, : 2 * h + 1] = full[np.ix_(idx_x, idx_y)]
-    conj = np.conj(sfft.rfft2(kernel)).astype(np.complex64)
-    return KernelBank(conj, bank, h, np.asarray(offset, float), 1.0, (nx, ny))
+        specx = spec * np.exp(-kx * dx)
+        # one batched inverse FFT for this row of shifts and every component
+        stack = (specx[None, None] * ey[:, None]) * fac[None]
+        full = sfft.ifft2(stack.reshape(-1, nx, ny), workers=-1, overwrite_x=True).real
+        window = full[:, rows][:, :, cols].reshape(len(steps), n_c, 2 * h + 1, 2 * h + 1)
+        g = gx * (pf.GRID + 1)
+        bank[g : g + len(steps), :, :, : 2 * h + 1] = window.transpose(0, 2, 1, 3)
+    return bank
 
 
-# ---------------------------------------------------------------------------- numba core
+@dataclass(frozen=True)
+class DetectionPlan:
+    """Everything :func:`detect_block` needs, computed once per transform from the probe."""
 
-
-# The loops below are written for LLVM's vectoriser: branch-free ternaries rather than
-# ``max``, and loops over whole (sliced) rows starting at 0, which it vectorises while
-# it does not vectorise ``range(lo, hi)`` with a non-zero start (measured: 8x slower).
-
-
-@numba.njit(cache=True, nogil=True, fastmath=True)
-def _row_max3(corr, hmax, colmax):
-    """hmax[i, j] = max of corr[i, j-1:j+2]; returns the frame max (via colmax)."""
-    nx, ny = corr.shape
-    colmax[:] = corr[0]
-    for i in range(nx):
-        row, out = corr[i], hmax[i]
-        left, centre, right, inner = row[: ny - 2], row[1 : ny - 1], row[2:], out[1 : ny - 1]
-        for j in range(ny - 2):
-            m = left[j] if left[j] > centre[j] else centre[j]
-            inner[j] = m if m > right[j] else right[j]
-        out[0] = row[0] if row[0] > row[1] else row[1]
-        out[ny - 1] = row[ny - 2] if row[ny - 2] > row[ny - 1] else row[ny - 1]
-        for j in range(ny):
-            colmax[j] = colmax[j] if colmax[j] > row[j] else row[j]
-    top = colmax[0]
-    for j in range(ny):
-        top = top if top > colmax[j] else colmax[j]
-    return top
-
-
-@numba.njit(cache=True, nogil=True, fastmath=True)
-def _local_maxima(corr, hmax, edge, threshold, cand_v, cand_i, cand_j):
-    """Pixels above ``threshold`` that equal the max of their 3x3 neighbourhood.
-
-    Candidates lie at least ``edge`` px inside the detector; equal neighbours on a flat
-    top all qualify (the minimum spacing then keeps one). Each row is first counted
-    with a vectorised loop; only the few rows holding a maximum are scanned.
-    """
-    nx, ny = corr.shape
-    e = edge if edge > 1 else 1
-    thr = np.float32(threshold)
-    n = 0
-    for i in range(e, nx - e):
-        row, mid = corr[i, e : ny - e], hmax[i, e : ny - e]
-        up, down = hmax[i - 1, e : ny - e], hmax[i + 1, e : ny - e]
-        count = 0
-        for j in range(row.shape[0]):
-            m = up[j] if up[j] > mid[j] else mid[j]
-            m = m if m > down[j] else down[j]
-            count += (row[j] >= m) & (row[j] > thr)
-        if count == 0:
-            continue
-        for j in range(row.shape[0]):
-            v = row[j]
-            if v > thr and v >= up[j] and v >= mid[j] and v >= down[j] and n < cand_v.shape[0]:
-                cand_v[n] = v
-                cand_i[n] = i
-                cand_j[n] = j + e
-                n += 1
-    return n
-
-
-@numba.njit(cache=True, nogil=True)
-def _select(cand_v, cand_i, cand_j, n, rel, min_dist2, max_peaks, keep):
-    """Strongest candidates above ``rel`` × the strongest, pairwise ≥ min spacing."""
-    if n == 0:
-        return 0
-    order = np.argsort(-cand_v[:n])
-    floor = rel * cand_v[order[0]]
-    k = 0
-    for idx in order:
-        if cand_v[idx] < floor or k >= max_peaks:
-            break
-        ok = True
-        for q in range(k):
-            di = cand_i[idx] - cand_i[keep[q]]
-            dj = cand_j[idx] - cand_j[keep[q]]
-            if di * di + dj * dj < min_dist2:
-                ok = False
-                break
-        if ok:
-            keep[k] = idx
-            k += 1
-    return k
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _parabola(m, c, p):
-    denom = m - 2.0 * c + p
-    if denom >= 0.0:
-        return 0.0
-    d = 0.5 * (m - p) / denom
-    return min(max(d, -0.5), 0.5)
-
-
-@numba.njit(cache=True, nogil=True, fastmath=True)
-def _bank_sums(frame, bank, g, i, j, h, acc, out):
-    """The six correlations of the frame window at (i, j) with bank entry g."""
-    nx, ny = frame.shape
-    width = bank.shape[3]
-    acc[:] = 0.0
-    if i - h >= 0 and j - h >= 0 and i + h < nx and j - h + width <= ny:
-        for a in range(2 * h + 1):
-            row = frame[i - h + a, j - h : j - h + width]
-            for c in range(6):
-                k = bank[g, a, c]
-                for b in range(width):  # element-wise, so it vectorises
-                    acc[c, b] += row[b] * k[b]
-    else:  # near the edge: the correlation is periodic, wrap around the detector
-        for a in range(2 * h + 1):
-            x = (i - h + a) % nx
-            for b in range(2 * h + 1):
-                v = frame[x, (j - h + b) % ny]
-                for c in range(6):
-                    acc[c, b] += v * bank[g, a, c, b]
-    for c in range(6):
-        out[c] = acc[c].sum()
-
-
-@numba.njit(cache=True, nogil=True)
-def _refine_dft(frame, bank, h, i, j, dx, dy, acc, sums, result):
-    """Newton steps on the DFT-interpolated correlation from (i + dx, j + dy).
-
-    Writes (dx, dy, value, sharpness) into ``result``; returns False if no maximum is
-    found within ¾ px (the parabolic estimate is kept then).
-    """
-    half = 0.5
-    for _ in range(4):
-        gx = min(max(round((dx + half) * _GRID), 0), _GRID)
-        gy = min(max(round((dy + half) * _GRID), 0), _GRID)
-        _bank_sums(frame, bank, gx * (_GRID + 1) + gy, i, j, h, acc, sums)
-        c, cx, cy, cxx, cxy, cyy = sums[0], sums[1], sums[2], sums[3], sums[4], sums[5]
-        det = cxx * cyy - cxy * cxy
-        if not (cxx < 0.0 and det > 0.0):
-            return False
-        ex = -(cyy * cx - cxy * cy) / det
-        ey = -(cxx * cy - cxy * cx) / det
-        ox, oy = gx / _GRID - half, gy / _GRID - half
-        dx, dy = ox + ex, oy + ey
-        if abs(dx) > 0.75 or abs(dy) > 0.75:
-            return False
-        if abs(ex) <= 0.5 / _GRID + 1e-6 and abs(ey) <= 0.5 / _GRID + 1e-6:
-            result[0] = dx
-            result[1] = dy
-            result[2] = (
-                c + cx * ex + cy * ey + 0.5 * (cxx * ex * ex + 2 * cxy * ex * ey + cyy * ey * ey)
-            )
-            result[3] = -(cxx + cyy) / result[2] if result[2] > 0 else 0.0
-            return True
-    return False
-
-
-@numba.njit(cache=True, nogil=True)
-def _detect_frames(
-    corr, frames, bank, h, edge, abs_thr, rel, min_dist2, max_peaks, mode, out, counts
-):
-    """Find and refine the peaks of each correlation frame; mode 0 none, 1 parab., 2 dft."""
-    ncand = max(4 * max_peaks, 256)
-    cand_v = np.empty(ncand, np.float64)
-    cand_i = np.empty(ncand, np.int64)
-    cand_j = np.empty(ncand, np.int64)
-    keep = np.empty(max_peaks, np.int64)
-    hmax = np.empty(corr.shape[1:], corr.dtype)
-    colmax = np.empty(corr.shape[2], corr.dtype)
-    sums = np.empty(6, np.float64)
-    acc = np.empty((6, bank.shape[3]), np.float32)
-    result = np.empty(4, np.float64)
-    for f in range(corr.shape[0]):
-        c = corr[f]
-        # nothing below rel x the strongest can be kept: skip it while scanning
-        threshold = max(abs_thr, rel * _row_max3(c, hmax, colmax))
-        n = _local_maxima(c, hmax, edge, threshold, cand_v, cand_i, cand_j)
-        k = _select(cand_v, cand_i, cand_j, n, rel, min_dist2, max_peaks, keep)
-        counts[f] = k
-        for q in range(k):
-            i, j = cand_i[keep[q]], cand_j[keep[q]]
-            v = c[i, j]
-            dx, dy, value, sharp = 0.0, 0.0, v, 0.0
-            if mode >= 1:
-                dx = _parabola(c[i - 1, j], v, c[i + 1, j])
-                dy = _parabola(c[i, j - 1], v, c[i, j + 1])
-                sharp = -(c[i - 1, j] + c[i + 1, j] + c[i, j - 1] + c[i, j + 1] - 4 * v) / v
-            if mode == 2 and _refine_dft(frames[f], bank, h, i, j, dx, dy, acc, sums, result):
-                dx, dy, value, sharp = result[0], result[1], result[2], result[3]
-            out[f, q, 0] = i + dx
-            out[f, q, 1] = j + dy
-            out[f, q, 2] = value
-            out[f, q, 3] = sharp
-
-
-# ---------------------------------------------------------------------------- block function
-
-
-class Settings(NamedTuple):
-    """Detection settings in detector pixels, resolved from the finder's parameters."""
-
+    shape: tuple[int, int]  # detector shape
+    bin: int  # detection binning b
+    spectrum: np.ndarray  # conj(rfft2(binned kernel)), complex64
+    offset_b: np.ndarray  # binned kernel centre within ½ px of (0, 0)
+    phi0_b: float  # binned template's correlation with the binned kernel
+    kbank: np.ndarray  # refinement kernel bank (81, 2h+1, 6, P)
+    tbank: np.ndarray  # template bank (81, 2h+1, 3, P), for deblending
+    half: int  # h
+    phi0: float  # template's correlation with the refinement kernel
+    template_sum: float  # counts of a disk of amplitude 1
+    kappa0: float  # peak sharpness of a perfect match
+    gap: float  # model level (per unit amplitude) below which a pixel is background
+    offset: np.ndarray  # refinement kernel centre within ½ px of (0, 0)
     edge: int
     min_absolute: float
     min_relative: float
     min_spacing: float
     max_peaks: int
-    subpixel: int  # 0 none, 1 parabolic, 2 dft
+    subpixel: int  # 0 none, 1 parabolic, 2 refined
+    corr_power: float
+    sweeps: int
 
 
-def detect_block(frames: np.ndarray, bank: KernelBank, settings: Settings) -> tuple:
-    """Detect the disks of a block of frames; a pure function of its inputs.
+def _centred_template(probe: ProbeTemplate) -> np.ndarray:
+    """The background-free template rolled so that its centre is within ½ px of (0, 0)."""
+    whole = np.round(np.asarray(probe.center_)).astype(int)
+    t = np.roll(probe.template_ - probe.background_, tuple(-whole), axis=(0, 1))
+    n = np.array(t.shape)
+    i, j = (np.where(np.arange(k) < k / 2, np.arange(k), np.arange(k) - k) for k in n)
+    frac = kernel_offset(probe.center_)
+    rho = np.hypot(i[:, None] - frac[0], j[None, :] - frac[1])
+    reach = probe.radius_ + 3.0 * probe.edge_width_
+    return t * (rho <= reach + 1.0) * np.clip(reach + 1.0 - rho, 0.0, 1.0)
+
+
+def _binned_kernel(probe: ProbeTemplate, b: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Flat kernel of the b x b binned template, its centre offset and φ0."""
+    t = probe.template_
+    nx, ny = t.shape[0] // b * b, t.shape[1] // b * b
+    tb = t[:nx, :ny].reshape(nx // b, b, ny // b, b).sum(axis=(1, 3))
+    center = (np.asarray(probe.center_) - (b - 1) / 2) / b
+    bg = probe.background_ * b * b
+    kb = make_kernel(
+        tb, center, probe.radius_ / b, max(probe.edge_width_ / b, 0.3), "flat", background=bg
+    )
+    whole = np.round(center).astype(int)
+    phi0 = float(np.sum(np.roll(tb - bg, tuple(-whole), axis=(0, 1)) * kb))
+    return kb, kernel_offset(center), phi0
+
+
+def make_plan(probe: ProbeTemplate, kernel: np.ndarray, settings: dict) -> DetectionPlan:
+    """Precompute the detection plan for a fitted probe and a refinement kernel.
+
+    Examples
+    --------
+    >>> probe = ProbeTemplate.synthetic(6.0, 0.5, (64, 64))
+    >>> plan = make_plan(probe, probe.kernel_, {})
+    >>> plan.bin, plan.kbank.shape[:3]
+    (2, (81, 19, 6))
+    """
+    radius = probe.radius_
+    shape = probe.template_.shape
+    b = settings.get("bin") or (
+        2 if radius >= 4 and shape[0] % 2 == 0 and shape[1] % 2 == 0 else 1
+    )
+    kb, offset_b, phi0_b = _binned_kernel(probe, b)
+    template = _centred_template(probe)
+    h = max(_half_width(kernel), _half_width(template))
+    kbank = shifted_bank(kernel, h, derivatives=2)
+    tbank = shifted_bank(template, h, derivatives=1)
+    phi0 = float(np.sum(template * kernel))
+    g0 = (pf.GRID // 2) * (pf.GRID + 1) + pf.GRID // 2  # δ = 0
+    window = tbank[g0, :, 0, : 2 * h + 1]
+    kappa_sums = np.einsum("ab,acb->c", window, kbank[g0, :, :, : 2 * h + 1])
+    kappa0 = float(-(kappa_sums[3] + kappa_sums[5]) / kappa_sums[0])
+    return DetectionPlan(
+        shape=shape,
+        bin=b,
+        spectrum=np.conj(sfft.rfft2(kb)).astype(np.complex64),
+        offset_b=offset_b,
+        phi0_b=phi0_b,
+        kbank=kbank,
+        tbank=tbank,
+        half=h,
+        phi0=phi0,
+        template_sum=float(template.sum()),
+        kappa0=kappa0,
+        gap=float(settings.get("gap", 0.01)) * float(template.max()),
+        offset=kernel_offset(probe.center_),
+        edge=math.ceil(settings.get("edge", radius + 2 * probe.edge_width_)),
+        min_absolute=float(settings.get("min_absolute", 0.0)),
+        min_relative=float(settings.get("min_relative", 0.005)),
+        min_spacing=float(settings.get("min_spacing", radius)),
+        max_peaks=int(settings.get("max_peaks", 100)),
+        subpixel=int(settings.get("subpixel", 2)),
+        corr_power=float(settings.get("corr_power", 1.0)),
+        sweeps=int(settings.get("sweeps", 2)),
+    )
+
+
+# ---------------------------------------------------------------------------- block function
+
+
+def detect_block(frames: np.ndarray, plan: DetectionPlan) -> tuple[np.ndarray, np.ndarray]:
+    """Detect and refine the disks of a block of frames; a pure function of its inputs.
 
     Parameters
     ----------
     frames : ndarray (n, Qx, Qy)
-    bank : KernelBank
-        From :func:`make_bank`.
-    settings : Settings
+    plan : DetectionPlan
+        From :func:`make_plan`.
 
     Returns
     -------
     peaks : ndarray (n, max_peaks, 4)
-        qx, qy, correlation intensity, quality; only the first ``counts[f]`` rows of
-        frame f are set.
+        x, y (px), intensity (estimated counts of the disk) and quality (peak sharpness
+        relative to a perfect match, ≈1 for a clean disk); only the first
+        ``counts[f]`` rows of frame f are set.
     counts : ndarray (n,) of int
 
     Examples
     --------
     >>> from strainkit.probe import ProbeTemplate, disk_model
-    >>> probe = ProbeTemplate.synthetic(4.0, 0.5, (48, 48), kernel="flat")
-    >>> frame = disk_model((48, 48), (20.3, 25.6), 4.0, 0.5)[None].astype(np.float32)
-    >>> bank = make_bank(probe.kernel_, (0.0, 0.0))
-    >>> peaks, counts = detect_block(frame, bank, Settings(4, 0.0, 0.01, 6.0, 10, 2))
+    >>> probe = ProbeTemplate.synthetic(4.0, 0.5, (48, 48))
+    >>> frame = 100 * disk_model((48, 48), (20.3, 25.6), 4.0, 0.5)[None]
+    >>> peaks, counts = detect_block(frame, make_plan(probe, probe.kernel_, {"edge": 4}))
     >>> counts, np.round(peaks[0, 0, :2], 3)
     (array([1]), array([20.3, 25.6]))
     """
     n = len(frames)
-    out = np.empty((n, settings.max_peaks, 4), dtype=np.float64)
-    counts = np.empty(n, dtype=np.int64)
-    work = np.empty((min(n, _CHUNK), *bank.shape), dtype=np.float32)
+    b = plan.bin
+    nxb, nyb = plan.shape[0] // b, plan.shape[1] // b
+    out = np.zeros((n, plan.max_peaks, 4), dtype=np.float64)
+    counts = np.zeros(n, dtype=np.int64)
+    work = np.empty((min(n, _CHUNK), *plan.shape), dtype=np.float32)
+    binned = np.empty((min(n, _CHUNK), nxb, nyb), dtype=np.float32) if b > 1 else None
     for s in range(0, n, _CHUNK):
-        chunk = frames[s : s + _CHUNK]
-        w = work[: len(chunk)]
-        np.copyto(w, chunk, casting="unsafe")
-        spec = sfft.rfft2(w, overwrite_x=False)
-        spec *= bank.spectrum
-        corr = sfft.irfft2(spec, s=bank.shape, overwrite_x=True)
-        _detect_frames(
+        w = work[: len(frames[s : s + _CHUNK])]
+        np.copyto(w, frames[s : s + _CHUNK], casting="unsafe")
+        if b > 1:
+            coarse = binned[: len(w)]
+            for f in range(len(w)):
+                pf.bin_frame(w[f], b, coarse[f])
+        else:
+            coarse = w
+        spec = sfft.rfft2(coarse)
+        spec *= plan.spectrum
+        if plan.corr_power != 1.0:
+            mag = np.abs(spec)
+            np.power(mag, plan.corr_power - 1.0, out=mag, where=mag > 0)
+            spec *= mag
+        corr = sfft.irfft2(spec, s=(nxb, nyb), overwrite_x=True)
+        pf.process_frames(
             corr,
             w,
-            bank.bank,
-            bank.half,
-            settings.edge,
-            settings.min_absolute,
-            settings.min_relative,
-            settings.min_spacing**2,
-            settings.max_peaks,
-            settings.subpixel,
-            out[s : s + len(chunk)],
-            counts[s : s + len(chunk)],
+            b,
+            plan.offset_b,
+            plan.offset,
+            plan.phi0_b,
+            plan.edge,
+            plan.min_absolute,
+            plan.min_relative,
+            plan.min_spacing,
+            plan.max_peaks,
+            plan.subpixel,
+            plan.kbank,
+            plan.tbank,
+            plan.half,
+            plan.phi0,
+            plan.gap,
+            plan.sweeps,
+            out[s : s + len(w)],
+            counts[s : s + len(w)],
         )
-    out[..., 0] += bank.offset[0]
-    out[..., 1] += bank.offset[1]
+    out[..., 0] += plan.offset[0]
+    out[..., 1] += plan.offset[1]
+    out[..., 2] *= plan.template_sum
+    if plan.subpixel == 2:
+        out[..., 3] /= plan.kappa0
     return out, counts
 
 
@@ -384,7 +308,9 @@ class BraggDiskFinder(Estimator):
     min_absolute_intensity : float
         Keep peaks whose correlation is at least this value.
     edge_boundary : float or None
-        Ignore maxima closer than this to the detector edge (px); default the radius.
+        Do not report disks whose centre is closer than this to the detector edge (px);
+        default the radius plus two edge widths, so that reported disks lie wholly on
+        the detector (a clipped disk cannot be located without bias).
     max_peaks : int
         At most this many peaks per pattern, the strongest.
     block_size : int
@@ -406,14 +332,17 @@ class BraggDiskFinder(Estimator):
 
     class Params(ParamsModel):
         probe: ProbeTemplate | None = None
-        kernel: Literal["probe", "flat", "zero_sum", "edge"] = "probe"
+        kernel: Literal["probe", "poisson", "flat", "zero_sum", "edge"] = "probe"
         spacing: pydantic.PositiveFloat | None = None
         subpixel: Literal["dft", "parabolic", "none"] = "dft"
+        corr_power: float = pydantic.Field(1.0, ge=0, le=1)
         min_spacing: pydantic.PositiveFloat | None = None
         min_relative_intensity: float = pydantic.Field(0.005, ge=0, le=1)
         min_absolute_intensity: float = pydantic.Field(0.0, ge=0)
         edge_boundary: pydantic.NonNegativeFloat | None = None
         max_peaks: pydantic.PositiveInt = 100
+        detect_bin: Literal[1, 2, 4] | None = None
+        sweeps: int = pydantic.Field(2, ge=1, le=5)
         block_size: pydantic.PositiveInt = 512
         n_jobs: int = 1
         progress: bool = True
@@ -422,31 +351,50 @@ class BraggDiskFinder(Estimator):
 
     def fit(self, X=None, y=None) -> BraggDiskFinder:
         """Check the parameters (the finder learns nothing from data)."""
-        self._resolve()
+        self.plan()
         return self
 
-    def _resolve(self) -> tuple[KernelBank, Settings, int]:
+    def plan(self) -> DetectionPlan:
+        """The detection plan these parameters and the fitted probe give.
+
+        Examples
+        --------
+        >>> probe = ProbeTemplate.synthetic(6.0, 0.5, (64, 64))
+        >>> BraggDiskFinder(probe=probe).plan().min_spacing
+        6.0
+        """
         p = self._validated()
         if p.probe is None:
-            raise ValueError("BraggDiskFinder: probe=None; give a fitted ProbeTemplate")
-        p.probe._check_fitted()
+            raise ValueError(
+                "BraggDiskFinder: probe=None; give a fitted ProbeTemplate "
+                "(ProbeTemplate().fit(vacuum) or ProbeTemplate.synthetic(...))"
+            )
         probe = p.probe
+        probe._check_fitted()
         if p.kernel == "probe" and p.spacing is None:
             kernel = probe.kernel_
         else:
             kind = probe.kernel if p.kernel == "probe" else p.kernel
             kernel = probe.build_kernel(kind, p.spacing)
         radius = probe.radius_
-        settings = Settings(
-            edge=math.ceil(p.edge_boundary if p.edge_boundary is not None else radius),
-            min_absolute=p.min_absolute_intensity,
-            min_relative=p.min_relative_intensity,
-            min_spacing=p.min_spacing if p.min_spacing is not None else radius,
-            max_peaks=p.max_peaks,
-            subpixel=_SUBPIXEL[p.subpixel],
+        template_sum = float(_centred_template(probe).sum())
+        return make_plan(
+            probe,
+            kernel,
+            {
+                "bin": p.detect_bin,
+                "edge": p.edge_boundary
+                if p.edge_boundary is not None
+                else radius + 2 * probe.edge_width_,
+                "min_absolute": p.min_absolute_intensity / template_sum,
+                "min_relative": p.min_relative_intensity,
+                "min_spacing": p.min_spacing if p.min_spacing is not None else radius,
+                "max_peaks": p.max_peaks,
+                "subpixel": _SUBPIXEL[p.subpixel],
+                "corr_power": p.corr_power,
+                "sweeps": p.sweeps,
+            },
         )
-        n_jobs = joblib.effective_n_jobs(p.n_jobs)
-        return make_bank(kernel, kernel_offset(probe.center_)), settings, n_jobs
 
     def transform(self, X) -> BraggPeaks:
         """Detect the disks of every pattern of ``X`` (a ``DataCube`` or 4D array).
@@ -454,14 +402,14 @@ class BraggDiskFinder(Estimator):
         Returns
         -------
         BraggPeaks
-            Raw detector positions (px), correlation intensity and quality (≈1 for a
-            disk shaped like the probe) of every peak.
+            Raw detector positions (px), intensity (estimated counts in the disk) and
+            quality (peak sharpness relative to the probe's, ≈1 for a clean disk).
         """
         cube = X if isinstance(X, DataCube) else DataCube(X)
-        bank, settings, n_jobs = self._resolve()
-        if cube.detector_shape != bank.shape:
+        plan = self.plan()
+        if cube.detector_shape != plan.shape:
             raise ValueError(
-                f"the probe was fitted on {bank.shape} patterns but the data has "
+                f"the probe was fitted on {plan.shape} patterns but the data has "
                 f"{cube.detector_shape}; bin or crop the data (DataCube.bin/crop) or fit the "
                 "probe on vacuum data of the same detector size"
             )
@@ -469,8 +417,9 @@ class BraggDiskFinder(Estimator):
         blocks = _block_ranges(cube.n_frames, p.block_size)
 
         def work(start, stop):
-            return start, detect_block(cube.frames(start, stop), bank, settings)
+            return start, detect_block(cube.frames(start, stop), plan)
 
+        n_jobs = joblib.effective_n_jobs(p.n_jobs)
         results = joblib.Parallel(n_jobs=n_jobs, backend="threading", return_as="generator")(
             joblib.delayed(work)(a, b) for a, b in blocks
         )
