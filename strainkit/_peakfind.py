@@ -190,8 +190,8 @@ def window_sums(win, kbank, g, acc, out):
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
-def subtract_slope(win, rwin, fwin, floor, i, j, h, nx, ny, gap):
-    """Remove the local background slope from ``win``.
+def fit_slope(rwin, fwin, floor, i, j, h, nx, ny, gap, out):
+    """The local background slope (per px along x and y) into ``out``; False if unknown.
 
     The slope is fitted to the residual ``rwin`` over the gaps between disks: pixels
     where the disk models (``fwin − rwin``) stay below ``floor`` (elsewhere the disks'
@@ -235,24 +235,33 @@ def subtract_slope(win, rwin, fwin, floor, i, j, h, nx, ny, gap):
         sru += s3 * u
     det = suu * svv - suv * suv
     if count < 24.0 or det <= 1e-9 * (suu + svv) ** 2:
-        return
-    cu = (svv * sru - suv * srv) / det
-    cv = (suu * srv - suv * sru) / det
-    for a in range(n):
+        return False
+    out[0] = (svv * sru - suv * srv) / det
+    out[1] = (suu * srv - suv * sru) / det
+    return True
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def subtract_slope(win, cu, cv, i, j, h, nx, ny):
+    """win -= cu (x − i) + cv (y − j) on the detector's pixels."""
+    for a in range(2 * h + 1):
         x = i - h + a
         if x < 0 or x >= nx:
             continue
         u = a - h
-        for b in range(n):
+        for b in range(2 * h + 1):
             y = j - h + b
             if 0 <= y < ny:
                 win[a, b] -= cu * u + cv * (b - h)
 
 
 @numba.njit(cache=True, nogil=True)
-def newton(win, kbank, dx, dy, acc, sums, result):
+def newton(win, kbank, kmom, cu, cv, dx, dy, acc, sums, result):
     """Maximum of the DFT-interpolated correlation of ``win`` near offset (dx, dy).
 
+    A background slope (cu, cv) is taken out of the sums through the bank's first
+    moments ``kmom[g, 0|1, c]`` (the correlations are linear in the window, so this
+    equals subtracting the plane from every pixel, at a fraction of the cost).
     Newton steps from the nearest tabulated shift. Writes (dx, dy, value, sharpness) to
     ``result``. Returns 0 when converged, 1 when the maximum lies beyond the tabulated
     ±½ px (recentre the window on ``result[:2]`` and call again), 2 when no maximum.
@@ -260,7 +269,10 @@ def newton(win, kbank, dx, dy, acc, sums, result):
     for _ in range(4):
         gx = min(max(round((dx + 0.5) * GRID), 0), GRID)
         gy = min(max(round((dy + 0.5) * GRID), 0), GRID)
-        window_sums(win, kbank, gx * (GRID + 1) + gy, acc, sums)
+        g = gx * (GRID + 1) + gy
+        window_sums(win, kbank, g, acc, sums)
+        for q in range(6):
+            sums[q] -= cu * kmom[g, 0, q] + cv * kmom[g, 1, q]
         c, cx, cy, cxx, cxy, cyy = sums[0], sums[1], sums[2], sums[3], sums[4], sums[5]
         det = cxx * cyy - cxy * cxy
         if not (cxx < 0.0 and det > 0.0):
@@ -269,7 +281,7 @@ def newton(win, kbank, dx, dy, acc, sums, result):
         ey = -(cxx * cy - cxy * cx) / det
         ox, oy = gx / GRID - 0.5, gy / GRID - 0.5
         dx, dy = ox + ex, oy + ey
-        if abs(ex) <= 0.5 / GRID + 1e-6 and abs(ey) <= 0.5 / GRID + 1e-6:
+        if abs(ex) <= 1.0 / GRID + 1e-6 and abs(ey) <= 1.0 / GRID + 1e-6:
             result[0], result[1] = dx, dy
             result[2] = (
                 c + cx * ex + cy * ey + 0.5 * (cxx * ex * ex + 2 * cxy * ex * ey + cyy * ey * ey)
@@ -297,6 +309,7 @@ def refine_frame(
     pos,
     amp,
     kbank,
+    kmom,
     tbank,
     h,
     phi0,
@@ -316,7 +329,8 @@ def refine_frame(
     """
     nx, ny = frame.shape
     gapmask = np.empty((2 * h + 1, 2 * h + 1), np.float32)
-    for _ in range(sweeps):
+    slope = np.zeros(2)
+    for sweep in range(sweeps):
         amax = 0.0
         for k in range(n):
             amax = max(amax, amp[k])
@@ -337,10 +351,16 @@ def refine_frame(
                 for a in range(2 * h + 1):
                     for b in range(2 * h + 1):
                         win[a, b] += rwin[a, b]
-                if gap > 0:
+                cu = cv = 0.0
+                # the background slope matters for the final positions only
+                if gap > 0 and sweep == sweeps - 1:
                     load_window(frame, i, j, h, fwin)
-                    subtract_slope(win, rwin, fwin, gap * amp[k], i, j, h, nx, ny, gapmask)
-                status = newton(win, kbank, dx, dy, acc, sums, result)
+                    if fit_slope(rwin, fwin, gap * amp[k], i, j, h, nx, ny, gapmask, slope):
+                        cu, cv = slope[0], slope[1]
+                        if not (h <= i < nx - h and h <= j < ny - h):  # partly off the detector
+                            subtract_slope(win, cu, cv, i, j, h, nx, ny)
+                            cu = cv = 0.0
+                status = newton(win, kbank, kmom, cu, cv, dx, dy, acc, sums, result)
                 if status != 1:
                     break
                 i, j = i + round(result[0]), j + round(result[1])
@@ -369,6 +389,7 @@ def process_frames(
     max_peaks,
     mode,
     kbank,
+    kmom,
     tbank,
     h,
     phi0,
@@ -453,6 +474,7 @@ def process_frames(
                 pos,
                 amp,
                 kbank,
+                kmom,
                 tbank,
                 h,
                 phi0,

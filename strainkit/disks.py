@@ -106,6 +106,7 @@ class DetectionPlan:
     offset_b: np.ndarray  # binned kernel centre within ½ px of (0, 0)
     phi0_b: float  # binned template's correlation with the binned kernel
     kbank: np.ndarray  # refinement kernel bank (81, 2h+1, 6, P)
+    kmom: np.ndarray  # its first moments along x and y (81, 2, 6), for slope removal
     tbank: np.ndarray  # template bank (81, 2h+1, 3, P), for deblending
     half: int  # h
     phi0: float  # template's correlation with the refinement kernel
@@ -170,6 +171,9 @@ def make_plan(probe: ProbeTemplate, kernel: np.ndarray, settings: dict) -> Detec
     h = max(_half_width(kernel), _half_width(template))
     kbank = shifted_bank(kernel, h, derivatives=2)
     tbank = shifted_bank(template, h, derivatives=1)
+    u = (np.arange(2 * h + 1) - h).astype(np.float64)
+    kwin = kbank[..., : 2 * h + 1].astype(np.float64)
+    kmom = np.stack([np.einsum("a,gacb->gc", u, kwin), np.einsum("b,gacb->gc", u, kwin)], axis=1)
     phi0 = float(np.sum(template * kernel))
     g0 = (pf.GRID // 2) * (pf.GRID + 1) + pf.GRID // 2  # δ = 0
     window = tbank[g0, :, 0, : 2 * h + 1]
@@ -182,6 +186,7 @@ def make_plan(probe: ProbeTemplate, kernel: np.ndarray, settings: dict) -> Detec
         offset_b=offset_b,
         phi0_b=phi0_b,
         kbank=kbank,
+        kmom=kmom,
         tbank=tbank,
         half=h,
         phi0=phi0,
@@ -266,6 +271,7 @@ def detect_block(frames: np.ndarray, plan: DetectionPlan) -> tuple[np.ndarray, n
             plan.max_peaks,
             plan.subpixel,
             plan.kbank,
+            plan.kmom,
             plan.tbank,
             plan.half,
             plan.phi0,
