@@ -349,7 +349,7 @@ class BraggDiskFinder(Estimator):
         max_peaks: pydantic.PositiveInt = 100
         detect_bin: Literal[1, 2, 4] | None = None
         sweeps: int = pydantic.Field(2, ge=1, le=5)
-        block_size: pydantic.PositiveInt = 512
+        block_size: pydantic.PositiveInt = 256
         n_jobs: int = 1
         progress: bool = True
 
@@ -426,30 +426,34 @@ class BraggDiskFinder(Estimator):
             return start, detect_block(cube.frames(start, stop), plan)
 
         n_jobs = joblib.effective_n_jobs(p.n_jobs)
-        results = joblib.Parallel(n_jobs=n_jobs, backend="threading", return_as="generator")(
-            joblib.delayed(work)(a, b) for a, b in blocks
-        )
-        table = np.empty((0, 4))
+        # at most n_jobs blocks in flight, so memory stays bounded by block_size
+        results = joblib.Parallel(
+            n_jobs=n_jobs, backend="threading", return_as="generator", pre_dispatch="n_jobs"
+        )(joblib.delayed(work)(a, b) for a, b in blocks)
         counts = np.zeros(cube.n_frames, dtype=np.int64)
         pieces = []
         for start, (out, cnt) in tqdm(
             results, total=len(blocks), disable=not p.progress, desc="disks", unit="block"
         ):
             counts[start : start + len(cnt)] = cnt
-            mask = np.arange(out.shape[1])[None, :] < cnt[:, None]
-            pieces.append(out[mask])
-        if pieces:
-            table = np.concatenate(pieces)
-        offsets = np.concatenate([[0], np.cumsum(counts)])
-        return BraggPeaks(
-            table[:, 0],
-            table[:, 1],
-            table[:, 2],
-            table[:, 3],
-            offsets,
-            cube.scan_shape,
-            detector_shape=cube.detector_shape,
-        )
+            pieces.append(out[np.arange(out.shape[1])[None, :] < cnt[:, None]])
+        return _assemble(pieces, counts, cube)
+
+
+def _assemble(pieces: list[np.ndarray], counts: np.ndarray, cube: DataCube) -> BraggPeaks:
+    """One BraggPeaks from per-block (k, 4) tables, each column written once."""
+    n = int(counts.sum())
+    columns = [np.empty(n) for _ in range(4)]
+    at = 0
+    while pieces:
+        piece = pieces.pop(0)  # release each block's table as soon as it is copied
+        for c in range(4):
+            columns[c][at : at + len(piece)] = piece[:, c]
+        at += len(piece)
+    for column in columns:
+        column.flags.writeable = False  # handed over without a copy
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    return BraggPeaks(*columns, offsets, cube.scan_shape, detector_shape=cube.detector_shape)
 
 
 def _block_ranges(n: int, block: int) -> list[tuple[int, int]]:

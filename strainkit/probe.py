@@ -261,7 +261,7 @@ def _selected_blocks(cube: DataCube, mask, block_size: int):
             yield np.asarray(frames, dtype=np.float64)
 
 
-def average_aligned(cube: DataCube, mask=None, block_size: int = 256) -> tuple[np.ndarray, int]:
+def average_aligned(cube: DataCube, mask=None, block_size: int = 64) -> tuple[np.ndarray, int]:
     """Average vacuum frames after subpixel alignment on the first-pass mean.
 
     Pass 1 centres each frame on its half-maximum disk and averages; pass 2 registers
@@ -359,7 +359,7 @@ class ProbeTemplate(Estimator):
         p = self._validated()
         cube = _as_frames(X, mask)
         if p.align:
-            template, n = average_aligned(cube, mask, p.block_size)
+            template, n = average_aligned(cube, mask, min(p.block_size, 64))
         else:
             frames = list(_selected_blocks(cube, mask, p.block_size))
             n = sum(len(f) for f in frames)
