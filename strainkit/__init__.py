@@ -10,16 +10,21 @@ Examples
 from strainkit._files import FileFormatError
 from strainkit._version import __version__
 from strainkit.containers import BraggPeaks, DataCube, LatticeMap, StrainMap
+from strainkit.disks import BraggDiskFinder, bragg_vector_map
 from strainkit.io import read, read_image, read_raw
 from strainkit.persist import load_model, save
+from strainkit.probe import ProbeTemplate
 
 __all__ = [
+    "BraggDiskFinder",
     "BraggPeaks",
     "DataCube",
     "FileFormatError",
     "LatticeMap",
+    "ProbeTemplate",
     "StrainMap",
     "__version__",
+    "bragg_vector_map",
     "load_model",
     "read",
     "read_image",

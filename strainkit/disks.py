@@ -388,7 +388,8 @@ class BraggDiskFinder(Estimator):
             probe,
             kernel,
             {
-                "bin": p.detect_bin,
+                # binned detection pays off only when each disk is refined afterwards
+                "bin": p.detect_bin or (None if p.subpixel == "dft" else 1),
                 "edge": p.edge_boundary
                 if p.edge_boundary is not None
                 else radius + 2 * probe.edge_width_,
