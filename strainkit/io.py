@@ -17,6 +17,8 @@ from strainkit.containers import DataCube
 
 __all__ = ["find_datasets", "read", "read_image", "read_raw"]
 
+_MIN_DETECTOR = 8  # patterns smaller than this along either axis are not 4D-STEM frames
+
 
 def find_datasets(path: str | os.PathLike, ndim: int | None = None) -> dict[str, tuple]:
     """Every dataset in an HDF5 file (optionally only those with ``ndim`` axes) and its shape.
@@ -58,6 +60,8 @@ def _pick_dataset(path: Path, dataset: str | None, ndim: int, what: str) -> str:
             )
         return dataset
     candidates = find_datasets(path, ndim=ndim)
+    if ndim == 4:  # (..., 2, 2) tensors or (..., n, 2) tables are not diffraction patterns
+        candidates = {k: v for k, v in candidates.items() if min(v[2:]) >= _MIN_DETECTOR}
     if len(candidates) == 1:
         return next(iter(candidates))
     if not candidates:
@@ -79,7 +83,8 @@ def read(path: str | os.PathLike, dataset: str | None = None) -> DataCube:
     path : str or path-like
         An HDF5 file (``.h5``, ``.hdf5``, ``.emd``, py4DSTEM files) or a ``.npy`` file.
     dataset : str, optional
-        Path of the 4D dataset inside an HDF5 file; needed only when there are several.
+        Path of the 4D dataset inside an HDF5 file; needed only when there are several
+        4D datasets whose patterns are at least 8 x 8 px.
 
     Returns
     -------

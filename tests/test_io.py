@@ -27,6 +27,15 @@ def test_read_finds_single_4d_dataset(scan_file):
     )
 
 
+def test_read_skips_small_4d_arrays(tmp_path):
+    path = tmp_path / "scan.h5"
+    with h5py.File(path, "w") as f:
+        f["data"] = np.zeros((3, 4, 16, 16), np.float32)
+        f["truth/F"] = np.zeros((3, 4, 2, 2))  # a tensor per position is not a scan
+        f["truth/centers"] = np.zeros((3, 4, 49, 2))
+    assert sk.read(path).metadata["dataset"] == "/data"
+
+
 def test_read_errors_say_what_to_do(tmp_path, scan_file):
     path, data = scan_file
     with pytest.raises(FileNotFoundError, match="no such file"):
