@@ -331,26 +331,25 @@ def refine_frame(
     gapmask = np.empty((2 * h + 1, 2 * h + 1), np.float32)
     slope = np.zeros(2)
     for sweep in range(sweeps):
-        amax = 0.0
-        for k in range(n):
-            amax = max(amax, amp[k])
+        # The first sweep only sharpens the detection estimates, on the raw pattern: good
+        # enough to model the neighbours in the next (whose own errors barely matter).
+        quick = sweep == 0 and sweeps > 1
         resid[:] = frame
-        for k in range(n):
-            i, j = round(pos[k, 0]), round(pos[k, 1])
-            add_model(resid, tbank, pos[k, 0] - i, pos[k, 1] - j, i, j, h, -amp[k])
+        if not quick:
+            for k in range(n):
+                i, j = round(pos[k, 0]), round(pos[k, 1])
+                add_model(resid, tbank, pos[k, 0] - i, pos[k, 1] - j, i, j, h, -amp[k])
         for k in range(n_refine):
             i, j = round(pos[k, 0]), round(pos[k, 1])
             dx, dy = pos[k, 0] - i, pos[k, 1] - j
             for _attempt in range(3):
                 load_window(resid, i, j, h, rwin)
-                win[:] = 0.0
-                # The disk's own model goes back in. Off the detector it stands in for
-                # the missing pixels, so a clipped disk is refined against itself rather
-                # than against zeros (which would pull it inwards).
-                add_model(win, tbank, dx, dy, h, h, h, amp[k])
-                for a in range(2 * h + 1):
-                    for b in range(2 * h + 1):
-                        win[a, b] += rwin[a, b]
+                win[:] = rwin
+                if not quick:
+                    # The disk's own model goes back in. Off the detector it stands in for
+                    # the missing pixels, so a clipped disk is refined against itself
+                    # rather than against zeros (which would pull it inwards).
+                    add_model(win, tbank, dx, dy, h, h, h, amp[k])
                 cu = cv = 0.0
                 # the background slope matters for the final positions only
                 if gap > 0 and sweep == sweeps - 1:
