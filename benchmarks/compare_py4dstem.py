@@ -96,6 +96,27 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def source_state() -> str:
+    """The git commit of the checkout this script is in, marked if it has local changes."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(HERE), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "no git"
+
+
+def load_average() -> str:
+    try:
+        return "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+    except (AttributeError, OSError):
+        return "n/a"
+
+
 def require_venv(venv: Path) -> Path:
     python = venv_python(venv)
     if not python.exists():
@@ -242,6 +263,7 @@ def main(argv=None) -> int:
     print()
     python = require_venv(args.venv)
 
+    load_before = load_average()
     import strainkit
     from strainkit import DataCube, simulate
     from strainkit.probe import ProbeTemplate
@@ -263,8 +285,9 @@ def main(argv=None) -> int:
         f"ellipse {m.ellipse[0]}"
     )
     print(
-        f"strainkit {strainkit.__version__}, numpy {np.__version__}, Python "
-        f"{platform.python_version()}; {os.cpu_count()} CPU cores ({cpu_name()})"
+        f"strainkit {strainkit.__version__} (checkout {source_state()}), "
+        f"numpy {np.__version__}, Python {platform.python_version()}; "
+        f"{os.cpu_count()} CPU cores ({cpu_name()})"
     )
 
     with tempfile.TemporaryDirectory(prefix="strainkit-vs-py4dstem-") as tmp:
@@ -364,6 +387,10 @@ def main(argv=None) -> int:
     print()
     print(fmt_table(rows, sk_rate))
     print()
+    print(
+        f"Load average (1, 5, 15 min) before: {load_before}; after: {load_average()} "
+        f"({os.cpu_count()} cores; other work on the machine slows both sides)"
+    )
     print("Time taken (s):")
     for k, v in clock.items():
         print(f"  {k:<58} {v:8.2f}")
