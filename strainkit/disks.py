@@ -377,6 +377,24 @@ class BraggDiskFinder(Estimator):
             )
         probe = p.probe
         probe._check_fitted()
+        # The plan takes ~50 ms to build; keep it while neither the parameters nor the
+        # fitted probe change (a private cache: it never changes what transform returns).
+        # The cache holds the probe's arrays themselves, so a new probe never matches.
+        key = (repr(p), probe.center_, probe.radius_, probe.edge_width_)
+        cached = getattr(self, "_plan_cache", None)
+        if (
+            cached is not None
+            and cached[0] == key
+            and cached[1] is probe.kernel_
+            and cached[2] is probe.template_
+        ):
+            return cached[3]
+        plan = self._make_plan(p, probe)
+        self._plan_cache = (key, probe.kernel_, probe.template_, plan)
+        return plan
+
+    @staticmethod
+    def _make_plan(p, probe: ProbeTemplate) -> DetectionPlan:
         if p.kernel == "probe" and p.spacing is None:
             kernel = probe.kernel_
         else:
