@@ -22,9 +22,11 @@ array([2.3544..., 2.039 , 1.4418...])
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
+
+from strainkit._registry import register
 
 __all__ = [
     "Crystal",
@@ -106,6 +108,7 @@ class Reflections:
         return int(self.d.size)
 
 
+@register
 @dataclass(frozen=True)
 class Crystal:
     """A unit cell with a basis of atoms, from which d-spacings follow.
@@ -140,6 +143,14 @@ class Crystal:
     basis: tuple[tuple[float, float, float], ...] = ((0.0, 0.0, 0.0),)
     weights: tuple[float, ...] | None = None
     name: str = field(default="", compare=False)
+
+    def _to_state(self) -> dict:
+        """What :func:`strainkit.save` stores: the constructor's arguments."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def _from_state(cls, state: dict) -> Crystal:
+        return cls(**state)
 
     def __post_init__(self) -> None:
         for knob in ("a", "b", "c"):

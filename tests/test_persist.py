@@ -258,3 +258,9 @@ def test_killed_save_keeps_earlier_file(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert path.read_bytes() == before
     assert sk.load_model(path).shape == (2, 2, 4, 4)
+
+
+def test_crystal_parameters_round_trip(tmp_path):
+    pixel = sk.PixelCalibrator(crystal=sk.crystal.diamond(5.431))
+    back = sk.load_model(sk.save(pixel, tmp_path / "pixel.h5"))
+    assert back.crystal == pixel.crystal and back.crystal.name == "diamond"
