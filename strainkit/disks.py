@@ -47,6 +47,7 @@ __all__ = [
 ]
 
 _CHUNK = 32  # frames per FFT batch: their spectra stay in cache
+_MARGIN = 2  # px beyond the kernel's 1e-3 support: 1 or 0 costs noise-free accuracy (measured)
 
 
 # ---------------------------------------------------------------------------- plan
@@ -56,7 +57,7 @@ def _half_width(image: np.ndarray) -> int:
     big = np.argwhere(np.abs(image) > 1e-3 * np.abs(image).max())
     n = np.array(image.shape)
     wrapped = np.where(big > n / 2, n - big, big)
-    return int(wrapped.max()) + 2
+    return int(wrapped.max()) + _MARGIN
 
 
 def shifted_bank(image: np.ndarray, h: int, derivatives: int) -> np.ndarray:
