@@ -218,16 +218,18 @@ def fit_slope(rwin, fwin, floor, i, j, h, nx, ny, gap, out):
     suu = suv = svv = sru = srv = count = 0.0
     for a in range(n):
         u = np.float32(a - h)
-        row, mirror, rrow = gap[a], gap[n - 1 - a], rwin[a, :n]
-        s0 = s1 = s2 = s3 = np.float32(0.0)
-        for b in range(n):  # u is constant along the row: sums of w, w v, w r, w r v
-            w = row[b] * mirror[n - 1 - b]
+        row, mirror, rrow = gap[a], gap[n - 1 - a, ::-1], rwin[a, :n]
+        s0 = s1 = s2 = s3 = s4 = np.float32(0.0)
+        for b in range(n):  # u is constant along the row: sums of w, w v, w v², w r, w r v
+            w = row[b] * mirror[b]
             v = np.float32(b - h)
+            wr = w * rrow[b]
             s0 += w
             s1 += w * v
             s2 += w * v * v
-            s3 += w * rrow[b]
-            srv += w * rrow[b] * v
+            s3 += wr
+            s4 += wr * v
+        srv += s4
         count += s0
         suu += s0 * u * u
         suv += s1 * u
