@@ -14,11 +14,14 @@ from strainkit.containers import BraggPeaks, DataCube, LatticeMap, StrainMap
 from strainkit.disks import BraggDiskFinder, bragg_vector_map
 from strainkit.ellipse import EllipticalCalibrator
 from strainkit.io import read, read_image, read_raw
+from strainkit.lattice import LatticeFitter
 from strainkit.origin import OriginCalibrator
 from strainkit.persist import load_model, save
+from strainkit.pipeline import make_strain_pipeline, map_scans
 from strainkit.pixel import PixelCalibrator
 from strainkit.probe import ProbeTemplate
 from strainkit.rotation import RotationCalibrator
+from strainkit.strain import StrainCalculator
 
 __all__ = [
     "BraggDiskFinder",
@@ -26,16 +29,20 @@ __all__ = [
     "DataCube",
     "EllipticalCalibrator",
     "FileFormatError",
+    "LatticeFitter",
     "LatticeMap",
     "OriginCalibrator",
     "PixelCalibrator",
     "ProbeTemplate",
     "RotationCalibrator",
+    "StrainCalculator",
     "StrainMap",
     "__version__",
     "bragg_vector_map",
     "crystal",
     "load_model",
+    "make_strain_pipeline",
+    "map_scans",
     "read",
     "read_image",
     "read_raw",

@@ -356,6 +356,11 @@ class BraggDiskFinder(Estimator):
 
     _stateless = True
 
+    def __sklearn_clone__(self) -> BraggDiskFinder:
+        # The finder learns nothing; its probe is a fitted input, shared by clones rather
+        # than reset (sklearn's clone would return an unfitted probe).
+        return type(self)(**self.get_params(deep=False))
+
     def fit(self, X=None, y=None) -> BraggDiskFinder:
         """Check the parameters (the finder learns nothing from data)."""
         self.plan()
