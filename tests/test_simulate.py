@@ -473,3 +473,14 @@ def test_crystal_crb_orders_and_counts():
     assert np.median(first) < np.median(second)
     assert 0.02 < np.sqrt(np.mean(first**2)) < 0.04
     np.testing.assert_array_equal(bound.hk, scan.truth.hk)
+
+
+def test_strain_precision_bound_at_the_reference_conditions():
+    b = sim.strain_precision_bound()
+    # the product's reference figures for these conditions: ≈0.035 %, 0.035 %, 0.025 %, 0.014°
+    assert 0.028e-2 < b["exx"] < 0.040e-2 and 0.028e-2 < b["eyy"] < 0.040e-2
+    assert 0.020e-2 < b["exy"] < 0.030e-2 and 0.011 < b["theta_deg"] < 0.017
+    finer = sim.strain_precision_bound(sim.Microscope(dose=8e5))
+    assert finer["exx"] == pytest.approx(b["exx"] / 2, rel=1e-6)
+    with pytest.raises(ValueError, match="needs a Microscope with a dose"):
+        sim.strain_precision_bound(sim.Microscope(dose=None))

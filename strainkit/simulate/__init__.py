@@ -40,7 +40,12 @@ Examples
 
 from __future__ import annotations
 
-from strainkit.simulate._bounds import DiskCenterBound, crystal_disk_crb, disk_center_crb
+from strainkit.simulate._bounds import (
+    DiskCenterBound,
+    crystal_disk_crb,
+    disk_center_crb,
+    strain_precision_bound,
+)
 from strainkit.simulate._crystal import CrystalTruth, Lattice, StrainField, simulate_crystal
 from strainkit.simulate._demo import Workflow, read_truth, simulate_workflow, write_demo
 from strainkit.simulate._images import ImageTruth, SimulatedImages, simulate_images
@@ -72,5 +77,6 @@ __all__ = [
     "simulate_polycrystal",
     "simulate_vacuum",
     "simulate_workflow",
+    "strain_precision_bound",
     "write_demo",
 ]
