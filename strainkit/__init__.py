@@ -19,6 +19,7 @@ from strainkit.origin import OriginCalibrator
 from strainkit.persist import load_model, save
 from strainkit.pipeline import make_strain_pipeline, map_scans
 from strainkit.pixel import PixelCalibrator
+from strainkit.plot import plot_strain
 from strainkit.probe import ProbeTemplate
 from strainkit.rotation import RotationCalibrator
 from strainkit.strain import StrainCalculator
@@ -43,6 +44,7 @@ __all__ = [
     "load_model",
     "make_strain_pipeline",
     "map_scans",
+    "plot_strain",
     "read",
     "read_image",
     "read_raw",

@@ -16,7 +16,7 @@ from strainkit._geometry import distortion_matrix
 from strainkit.containers import BraggPeaks
 from strainkit.disks import bragg_vector_map
 
-__all__ = ["plot_bragg_vector_map", "plot_origin", "plot_rotation"]
+__all__ = ["plot_bragg_vector_map", "plot_origin", "plot_rotation", "plot_strain"]
 
 
 def _axes(ax, n: int, size=(4.0, 3.6)):
@@ -192,4 +192,149 @@ def plot_rotation(calibrator, image: np.ndarray, shadow: np.ndarray, ax=None):
     _label_image(axes[1], "shadow image, mapped back", "y (px)", "x (px)")
     flip = "with" if calibrator.flip_ else "no"
     fig.suptitle(f"rotation {calibrator.rotation_deg_:.2f}°, {flip} flip")
+    return fig
+
+
+# (field, title, unit, scale to the displayed unit) of each panel of plot_strain
+_STRAIN_PANELS = {
+    "strain": (
+        ("exx", "εxx", "%", 100.0),
+        ("eyy", "εyy", "%", 100.0),
+        ("exy", "εxy", "%", 100.0),
+        ("theta_deg", "θ", "°", 1.0),
+    ),
+    "sigma": (
+        ("sigma_exx", "σ(εxx)", "%", 100.0),
+        ("sigma_eyy", "σ(εyy)", "%", 100.0),
+        ("sigma_exy", "σ(εxy)", "%", 100.0),
+        ("sigma_theta_deg", "σ(θ)", "°", 1.0),
+    ),
+    "lattice": (
+        ("a", "a", "Å", 1.0),
+        ("b", "b", "Å", 1.0),
+        ("gamma_deg", "γ", "°", 1.0),
+    ),
+}
+
+
+def _robust_limits(values: np.ndarray, symmetric: bool, percentile: float = 99.0):
+    """Colour limits from the finite values: ±(percentile of |v|) or (100−p, p) percentiles."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return (-1.0, 1.0) if symmetric else (0.0, 1.0)
+    if symmetric:
+        span = float(np.percentile(np.abs(finite), percentile))
+        span = span if span > 0 else 1.0
+        return -span, span
+    lo, hi = (float(v) for v in np.percentile(finite, [100.0 - percentile, percentile]))
+    if hi <= lo:
+        lo, hi = lo - 0.5 * (abs(lo) or 1.0), hi + 0.5 * (abs(hi) or 1.0)
+    return lo, hi
+
+
+def _frame_arrows(ax, frame: str) -> None:
+    """Arrows in the lower-left corner showing +x (down, array axis 0) and +y (across)."""
+    tail, length = (0.1, 0.3), 0.2
+    heads = {"x": (tail[0], tail[1] - length), "y": (tail[0] + length, tail[1])}
+    box = dict(boxstyle="round,pad=0.1", fc="w", ec="none", alpha=0.7)
+    for name, head in heads.items():
+        ax.annotate(
+            "",
+            xy=head,
+            xytext=tail,
+            xycoords="axes fraction",
+            arrowprops=dict(arrowstyle="->", color="k", lw=1.2),
+        )
+        offset = (0.0, -0.05) if name == "x" else (0.05, 0.0)
+        ax.text(
+            head[0] + offset[0],
+            head[1] + offset[1],
+            name,
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize="small",
+            bbox=box,
+        )
+    ax.text(0.02, 0.98, f"{frame} frame", transform=ax.transAxes, fontsize="x-small", va="top")
+
+
+def plot_strain(strain_map, ax=None, kind: str = "strain"):
+    """Maps of strain, its standard errors or the lattice parameters of a StrainMap.
+
+    ``kind='strain'`` shows εxx, εyy, εxy (%) and θ (°) with a diverging colour map over a
+    symmetric range (± the 99th percentile of the absolute values, so a few outliers do not
+    wash out the map); ``'sigma'`` shows the four standard errors in the same units with a
+    sequential colour map; ``'lattice'`` shows a, b (Å) and γ (°). Masked and NaN positions
+    are drawn grey. x is array axis 0 and runs down, y runs across; arrows in a corner of
+    the first panel show the directions of x and y of the map's frame.
+
+    Parameters
+    ----------
+    strain_map : StrainMap
+    ax : array of 4 matplotlib axes (3 for ``kind='lattice'``), optional
+        Axes to draw into; a new figure in one row when None.
+    kind : {'strain', 'sigma', 'lattice'}
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``kind``, a map without standard errors (``'sigma'``) or without
+        lattice parameters (``'lattice'``), or the wrong number of axes.
+
+    Examples
+    --------
+    >>> from strainkit.containers import StrainMap
+    >>> x = np.linspace(-0.01, 0.01, 12).reshape(3, 4)
+    >>> x[0, 0] = np.nan  # a position without a measurement
+    >>> mask = np.isfinite(x)
+    >>> strain = StrainMap(exx=x, eyy=-x, exy=0.5 * x, theta_deg=10 * x, mask=mask)
+    >>> fig = plot_strain(strain)
+    >>> [a.get_title() for a in fig.axes[:4]]
+    ['εxx (%)', 'εyy (%)', 'εxy (%)', 'θ (°)']
+    >>> fig.axes[0].get_ylabel(), fig.axes[0].get_xlabel()
+    ('x (scan)', 'y (scan)')
+    """
+    import matplotlib as mpl
+
+    if kind not in _STRAIN_PANELS:
+        raise ValueError(f"plot_strain: kind={kind!r} is not one of {sorted(_STRAIN_PANELS)}")
+    panels = _STRAIN_PANELS[kind]
+    missing = [name for name, *_ in panels if getattr(strain_map, name, None) is None]
+    if kind == "lattice" and missing:
+        raise ValueError(
+            "plot_strain: kind='lattice' needs absolute lattice parameters (a, b, gamma_deg), "
+            "but this StrainMap has none; calibrate the pixel size (PixelCalibrator) so that "
+            "the peaks are in Å⁻¹"
+        )
+    if kind == "sigma" and missing:
+        raise ValueError(
+            f"plot_strain: kind='sigma' needs the standard errors {missing}, which this "
+            "StrainMap does not hold"
+        )
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        fig, grid = plt.subplots(
+            1, len(panels), figsize=(4.2 * len(panels), 3.6), layout="constrained", squeeze=False
+        )
+        axes = list(grid[0])
+    else:
+        fig, axes = _axes(ax, len(panels))
+    symmetric = kind == "strain"
+    cmap = mpl.colormaps["RdBu_r" if symmetric else "viridis"].with_extremes(bad="0.6")
+    mask = np.asarray(strain_map.mask, bool)
+    for a, (name, label, unit, scale) in zip(axes, panels):
+        values = np.asarray(getattr(strain_map, name), float) * scale
+        shown = np.ma.masked_invalid(np.where(mask, values, np.nan))
+        vmin, vmax = _robust_limits(shown.filled(np.nan), symmetric)
+        im = a.imshow(shown, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+        bar = fig.colorbar(im, ax=a)
+        bar.set_label(f"{label} ({unit})")
+        _label_image(a, f"{label} ({unit})")
+    _frame_arrows(axes[0], getattr(strain_map, "frame", "real"))
     return fig

@@ -6,7 +6,7 @@ import pytest
 
 import strainkit as sk
 from strainkit import simulate
-from strainkit.plot import plot_bragg_vector_map, plot_origin, plot_rotation
+from strainkit.plot import plot_bragg_vector_map, plot_origin, plot_rotation, plot_strain
 from tests._calibration_scans import polycrystal
 
 
@@ -62,3 +62,80 @@ def test_rotation_figure_maps_the_shadow_back():
     assert r < -0.5
     with pytest.raises(ValueError, match="set by value"):
         plot_rotation(sk.RotationCalibrator.from_value(10.0, False), sim.haadf, sim.shadow)
+
+
+def _strain_map(lattice=True):
+    x, y = np.meshgrid(np.linspace(-1, 1, 20), np.linspace(-1, 1, 20), indexing="ij")
+    exx = 0.01 * x
+    exx[2, 3] = np.nan  # a position without a measurement
+    exx[19, 19] = 0.5  # one outlier must not set the colour range
+    mask = np.isfinite(exx)
+    fields = {
+        name: np.where(mask, value, np.nan)
+        for name, value in (("eyy", -0.004 * y), ("exy", 0.002 * x * y), ("theta_deg", 0.3 * y))
+    }
+    extra = {}
+    for name in ("sigma_exx", "sigma_eyy", "sigma_exy", "sigma_theta_deg"):
+        extra[name] = np.where(mask, 1e-4 * (1 + x**2), np.nan)
+    if lattice:
+        extra.update(
+            a=np.where(mask, 4.078 * (1 + exx), np.nan),
+            b=np.where(mask, 4.078, np.nan),
+            gamma_deg=np.where(mask, 90.0, np.nan),
+        )
+    return sk.StrainMap(exx=exx, mask=mask, **fields, **extra)
+
+
+def test_strain_maps_titles_units_and_symmetric_limits(tmp_path):
+    strain = _strain_map()
+    fig = plot_strain(strain)
+    panels = fig.axes[:4]
+    assert [a.get_title() for a in panels] == ["εxx (%)", "εyy (%)", "εxy (%)", "θ (°)"]
+    bars = [a.get_ylabel() for a in fig.axes[4:]]
+    assert bars == ["εxx (%)", "εyy (%)", "εxy (%)", "θ (°)"]
+    for a in panels:
+        assert (a.get_xlabel(), a.get_ylabel()) == ("y (scan)", "x (scan)")
+        im = a.images[0]
+        lo, hi = im.get_clim()
+        assert lo == -hi and hi > 0
+        assert im.get_cmap().name.startswith("RdBu_r")
+    # robust range: the 0.5 outlier (50 %) does not set it, the 1 % field does
+    assert 0.9 < panels[0].images[0].get_clim()[1] < 5
+    texts = {t.get_text() for t in panels[0].texts}
+    assert {"x", "y"} <= texts  # the frame's axes, drawn as arrows
+    fig.savefig(tmp_path / "strain.png")
+
+
+def test_missing_positions_are_drawn_in_the_bad_colour():
+    import matplotlib.colors as mcolors
+
+    strain = _strain_map()
+    fig = plot_strain(strain)
+    im = fig.axes[0].images[0]
+    rgba = im.to_rgba(im.get_array())
+    bad = mcolors.to_rgba("0.6")
+    np.testing.assert_allclose(rgba[2, 3], bad)
+    assert not np.allclose(rgba[2, 4], bad)
+    # the standard errors and the lattice parameters
+    fig = plot_strain(strain, kind="sigma")
+    assert [a.get_title() for a in fig.axes[:4]] == [
+        "σ(εxx) (%)",
+        "σ(εyy) (%)",
+        "σ(εxy) (%)",
+        "σ(θ) (°)",
+    ]
+    assert fig.axes[0].images[0].get_clim()[0] > 0
+    fig = plot_strain(strain, kind="lattice")
+    assert [a.get_title() for a in fig.axes[:3]] == ["a (Å)", "b (Å)", "γ (°)"]
+
+
+def test_strain_figure_refuses_wrong_axes_and_missing_fields():
+    strain = _strain_map(lattice=False)
+    _, axes = plt.subplots(2, 2)
+    assert plot_strain(strain, ax=axes) is axes[0, 0].figure
+    with pytest.raises(ValueError, match="needs 4 axes, got 3"):
+        plot_strain(strain, ax=list(axes.ravel()[:3]))
+    with pytest.raises(ValueError, match="no lattice parameters|has none"):
+        plot_strain(strain, kind="lattice")
+    with pytest.raises(ValueError, match="kind='polar'"):
+        plot_strain(strain, kind="polar")
