@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numba
 import numpy as np
 import pydantic
 from scipy.spatial import cKDTree
@@ -271,23 +272,32 @@ def index_peaks(
     """
     r = np.stack([qx - origin[pos, 0], qy - origin[pos, 1]], axis=1)
     gp = g[pos]
-    hk = np.round(np.einsum("nij,nj->ni", np.linalg.inv(gp), r))
+    hk = np.round(np.einsum("nij,nj->ni", np.linalg.inv(g)[pos], r))  # invert per position
     resid = r - np.einsum("nij,nj->ni", gp, hk)
     glen = np.min(np.hypot(g[:, 0, :], g[:, 1, :]), axis=1)[pos]
     indexed = np.hypot(resid[:, 0], resid[:, 1]) <= tolerance * glen
     return hk[:, 0].astype(np.int64), hk[:, 1].astype(np.int64), indexed
 
 
+@numba.njit(cache=True)
+def _segment_medians(values, starts, counts, out):
+    for g in range(len(starts)):
+        c = counts[g]
+        if c == 0:
+            continue
+        seg = np.sort(values[starts[g] : starts[g] + c])
+        out[g] = 0.5 * (seg[(c - 1) // 2] + seg[c // 2])
+
+
 def _group_median(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
     """Median of ``values`` per group (NaN for empty groups), vectorised."""
-    order = np.lexsort((values, groups))
+    if len(groups) and (np.diff(groups) < 0).any():  # CSR tables come grouped already
+        order = np.argsort(groups, kind="stable")
+        values, groups = values[order], groups[order]
     counts = np.bincount(groups, minlength=n_groups)
     starts = np.cumsum(counts) - counts
     out = np.full(n_groups, np.nan)
-    has = counts > 0
-    s, c = starts[has], counts[has]
-    v = values[order]
-    out[has] = 0.5 * (v[s + (c - 1) // 2] + v[s + c // 2])
+    _segment_medians(np.ascontiguousarray(values, dtype=float), starts, counts, out)
     return out
 
 
@@ -308,13 +318,14 @@ def _solve(qx, qy, h, k, w, pos, n_pos):
         rhs[:, 2 * a] = np.bincount(pos, weights=w * basis[a] * qx, minlength=n_pos)
         rhs[:, 2 * a + 1] = np.bincount(pos, weights=w * basis[a] * qy, minlength=n_pos)
     # x and y share the design: N = M ⊗ I2 in the order (ox, oy, g1x, g1y, g2x, g2y)
-    normal = np.einsum("pab,ij->paibj", m, np.eye(2)).reshape(n_pos, 6, 6)
     sv = np.linalg.svd(m, compute_uv=False)
     ok = np.isfinite(sv).all(axis=1) & (sv[:, -1] > 1e-10 * sv[:, 0])
     params = np.full((n_pos, 6), np.nan)
     inv = np.full((n_pos, 6, 6), np.nan)
     if ok.any():
-        inv[ok] = np.linalg.inv(normal[ok])
+        # inv(M ⊗ I2) = inv(M) ⊗ I2: invert the 3x3 design, not the 6x6 system
+        minv = np.linalg.inv(m[ok])
+        inv[ok] = np.einsum("pab,ij->paibj", minv, np.eye(2)).reshape(-1, 6, 6)
         params[ok] = np.einsum("pij,pj->pi", inv[ok], rhs[ok])
     return params, inv, ok
 
