@@ -104,12 +104,26 @@ def make_strain_pipeline(
     return Pipeline(steps)
 
 
+def _own_copy(pipeline: Pipeline) -> Pipeline:
+    """A clone whose frozen steps are new wrappers around the same fitted estimators.
+
+    ``clone`` returns a FrozenEstimator itself, and scikit-learn's Pipeline sets and
+    deletes attributes on each step while fitting: threads sharing one wrapper race.
+    """
+    copy = clone(pipeline)
+    copy.steps = [
+        (name, FrozenEstimator(step.estimator) if isinstance(step, FrozenEstimator) else step)
+        for name, step in copy.steps
+    ]
+    return copy
+
+
 def _one_scan(pipeline: Pipeline, scan) -> StrainMap:
     if isinstance(scan, (str, os.PathLike)):
         scan = read(scan)
     elif not isinstance(scan, DataCube):
         scan = DataCube(scan)
-    return clone(pipeline).fit_transform(scan)
+    return _own_copy(pipeline).fit_transform(scan)
 
 
 def map_scans(pipeline: Pipeline, scans: Iterable, n_jobs: int = 1) -> list[StrainMap]:
