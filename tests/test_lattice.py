@@ -233,3 +233,27 @@ def test_save_load_round_trip(tmp_path, crystal):
     assert back.get_params() == fitter.get_params()
     np.testing.assert_array_equal(back.g1_, fitter.g1_)
     np.testing.assert_array_equal(back.transform(peaks).g1, fitter.transform(peaks).g1)
+
+
+def test_numba_kernel_equals_the_numpy_reference():
+    """fit_lattice runs a numba kernel on CSR-ordered peaks and numpy otherwise."""
+    from strainkit.lattice import _fit_lattice_numpy, fit_lattice
+
+    rng = np.random.default_rng(5)
+    hk = np.stack(np.meshgrid(range(-3, 4), range(-3, 4), indexing="ij"), -1).reshape(-1, 2)
+    g = np.array([[0.25, 0.02], [-0.01, 0.24]])
+    n_pos = 30
+    q = (hk @ g.T)[None] + rng.normal(0, 2e-3, (n_pos, len(hk), 2))
+    q[3, 5] += 0.05  # an outlier
+    keep = rng.random((n_pos, len(hk))) > 0.2
+    keep[7, 10:] = False  # a position with few peaks
+    pos = np.repeat(np.arange(n_pos), len(hk))[keep.ravel()]
+    qx, qy = q[..., 0].ravel()[keep.ravel()], q[..., 1].ravel()[keep.ravel()]
+    w = rng.uniform(0.5, 2.0, len(qx))
+    args = (qx, qy, w, pos, n_pos, np.zeros((n_pos, 2)), np.broadcast_to(g, (n_pos, 2, 2)))
+    fast = fit_lattice(*args[:5], args[5], args[6])
+    slow = _fit_lattice_numpy(*args, 0.25, True, 5, 6)
+    np.testing.assert_array_equal(fast["valid"], slow["valid"])
+    np.testing.assert_array_equal(fast["n_peaks"], slow["n_peaks"])
+    for name in ("params", "covariance", "residual"):
+        np.testing.assert_allclose(fast[name], slow[name], rtol=1e-9, atol=1e-14)
