@@ -1,7 +1,5 @@
 """The demo runs the whole workflow from files and recovers the simulation's truth."""
 
-import time
-
 import numpy as np
 import pytest
 
@@ -12,15 +10,13 @@ from strainkit.demo import format_report, reference_rows, run_demo
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
+    # (its speed is measured by running `strainkit demo`, not asserted here)
     out = tmp_path_factory.mktemp("demo")
-    start = time.perf_counter()
-    result = run_demo(out, scan=12, calibration_scan=20, progress=False)
-    return out, result, time.perf_counter() - start
+    return out, run_demo(out, scan=12, calibration_scan=20, progress=False)
 
 
-def test_demo_is_quick_and_writes_every_file(demo):
-    out, result, elapsed = demo
-    assert elapsed < 30
+def test_demo_writes_every_file(demo):
+    out, result = demo
     names = (
         "vacuum.h5",
         "calibration.h5",
@@ -50,7 +46,7 @@ def test_demo_is_quick_and_writes_every_file(demo):
 
 
 def test_measured_calibrations_match_the_truth(demo):
-    _, result, _ = demo
+    _, result = demo
     rows = {name: (measured, truth) for name, measured, truth, _ in result["calibrations"]}
     measured, truth = rows["rotation"]
     assert abs(measured - truth) < 0.2
@@ -64,7 +60,7 @@ def test_measured_calibrations_match_the_truth(demo):
 
 
 def test_strain_errors_are_small_against_the_truth(demo):
-    out, result, _ = demo
+    out, result = demo
     rows = {name: (error, field) for name, error, field, _ in result["strain"]}
     for name in ("exx", "eyy", "exy"):
         error, field = rows[name]
