@@ -429,6 +429,9 @@ class StrainMap(_ScanMap):
         The frame of x and y.
     frame_angle_deg : float
         Rotation of the output x axis from the frame's x axis (+x toward +y).
+    reference_g : array, shape (2, 2), optional
+        The reference reciprocal lattice, columns g1 and g2, in the frame and units of the
+        peaks (drawn by :func:`strainkit.plot_strain`).
     metadata : dict, optional
 
     Examples
@@ -458,7 +461,15 @@ class StrainMap(_ScanMap):
             "sigma_b",
         )
     }
-    _fields = (*_required, "mask", *_optional, "frame", "frame_angle_deg", "metadata")
+    _fields = (
+        *_required,
+        "mask",
+        *_optional,
+        "frame",
+        "frame_angle_deg",
+        "reference_g",
+        "metadata",
+    )
 
     def __init__(
         self,
@@ -479,6 +490,7 @@ class StrainMap(_ScanMap):
         sigma_b=None,
         frame: str = "real",
         frame_angle_deg: float = 0.0,
+        reference_g=None,
         metadata: Mapping[str, Any] | None = None,
     ):
         owner = "StrainMap"
@@ -488,6 +500,15 @@ class StrainMap(_ScanMap):
         if not math.isfinite(float(frame_angle_deg)):
             raise ValueError(f"{owner}: frame_angle_deg must be finite, got {frame_angle_deg}")
         self._set("frame_angle_deg", float(frame_angle_deg))
+        if reference_g is not None:
+            reference_g = _readonly(reference_g, np.float64, "reference_g", owner)
+            if reference_g.shape != (2, 2):
+                raise ValueError(
+                    f"{owner}: reference_g must be the 2x2 matrix with columns g1, g2, got "
+                    f"shape {reference_g.shape}"
+                )
+            _check_finite(reference_g, "reference_g", owner)
+        self._set("reference_g", reference_g)
         self._set("metadata", _frozen_metadata(metadata, owner))
 
     def __repr__(self) -> str:

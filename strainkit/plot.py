@@ -259,6 +259,38 @@ def _frame_arrows(ax, frame: str) -> None:
     ax.text(0.02, 0.98, f"{frame} frame", transform=ax.transAxes, fontsize="x-small", va="top")
 
 
+def _lattice_arrows(ax, reference_g: np.ndarray, frame_angle_deg: float) -> None:
+    """Arrows in the lower-right corner along the reference g1 and g2, in the map's axes."""
+    phi = np.deg2rad(frame_angle_deg)
+    # components along the output axes (rotated by φ from the frame's axes)
+    rot = np.array([[np.cos(phi), np.sin(phi)], [-np.sin(phi), np.cos(phi)]])
+    g = rot @ np.asarray(reference_g, float)
+    g = g / np.abs(g).max() * 0.14
+    tail = (0.78, 0.22)
+    box = dict(boxstyle="round,pad=0.1", fc="w", ec="none", alpha=0.7)
+    for col, (name, color) in enumerate((("g1", "tab:green"), ("g2", "tab:purple"))):
+        # +x runs down the image (array axis 0), +y across
+        head = (tail[0] + g[1, col], tail[1] - g[0, col])
+        ax.annotate(
+            "",
+            xy=head,
+            xytext=tail,
+            xycoords="axes fraction",
+            arrowprops=dict(arrowstyle="->", color=color, lw=1.4),
+        )
+        ax.text(
+            tail[0] + 1.3 * g[1, col],
+            tail[1] - 1.3 * g[0, col],
+            name,
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize="small",
+            color=color,
+            bbox=box,
+        )
+
+
 def plot_strain(strain_map, ax=None, kind: str = "strain"):
     """Maps of strain, its standard errors or the lattice parameters of a StrainMap.
 
@@ -267,7 +299,9 @@ def plot_strain(strain_map, ax=None, kind: str = "strain"):
     wash out the map); ``'sigma'`` shows the four standard errors in the same units with a
     sequential colour map; ``'lattice'`` shows a, b (Å) and γ (°). Masked and NaN positions
     are drawn grey. x is array axis 0 and runs down, y runs across; arrows in a corner of
-    the first panel show the directions of x and y of the map's frame.
+    the first panel show the directions of x and y of the map's frame and, when the map
+    holds its reference lattice (``reference_g``), arrows in the other corner show the
+    directions of the reference g1 and g2 in the same axes.
 
     Parameters
     ----------
@@ -292,7 +326,8 @@ def plot_strain(strain_map, ax=None, kind: str = "strain"):
     >>> x = np.linspace(-0.01, 0.01, 12).reshape(3, 4)
     >>> x[0, 0] = np.nan  # a position without a measurement
     >>> mask = np.isfinite(x)
-    >>> strain = StrainMap(exx=x, eyy=-x, exy=0.5 * x, theta_deg=10 * x, mask=mask)
+    >>> strain = StrainMap(exx=x, eyy=-x, exy=0.5 * x, theta_deg=10 * x, mask=mask,
+    ...                    reference_g=[[0.25, 0.0], [0.0, 0.25]])
     >>> fig = plot_strain(strain)
     >>> [a.get_title() for a in fig.axes[:4]]
     ['εxx (%)', 'εyy (%)', 'εxy (%)', 'θ (°)']
@@ -337,4 +372,6 @@ def plot_strain(strain_map, ax=None, kind: str = "strain"):
         bar.set_label(f"{label} ({unit})")
         _label_image(a, f"{label} ({unit})")
     _frame_arrows(axes[0], getattr(strain_map, "frame", "real"))
+    if getattr(strain_map, "reference_g", None) is not None:
+        _lattice_arrows(axes[0], strain_map.reference_g, strain_map.frame_angle_deg)
     return fig

@@ -139,3 +139,27 @@ def test_strain_figure_refuses_wrong_axes_and_missing_fields():
         plot_strain(strain, kind="lattice")
     with pytest.raises(ValueError, match="kind='polar'"):
         plot_strain(strain, kind="polar")
+
+
+def test_reference_lattice_arrows_point_along_g1_and_g2():
+    base = _strain_map()
+    fields = {name: getattr(base, name) for name in ("exx", "eyy", "exy", "theta_deg")}
+    # g1 along +x (down the image), g2 along +y (across), in the map's frame
+    strain = sk.StrainMap(**fields, mask=base.mask, reference_g=[[0.25, 0.0], [0.0, 0.2]])
+    panel = plot_strain(strain).axes[0]
+    labels = {t.get_text(): t.get_position() for t in panel.texts}
+    assert {"g1", "g2"} <= set(labels)
+    tail = np.array([0.78, 0.22])
+    g1 = np.asarray(labels["g1"]) - tail
+    g2 = np.asarray(labels["g2"]) - tail
+    assert g1[1] < 0 and abs(g1[0]) < 1e-9  # +x points down in axes fraction
+    assert g2[0] > 0 and abs(g2[1]) < 1e-9  # +y points right
+    assert np.hypot(*g2) < np.hypot(*g1)  # drawn to scale
+    # in axes rotated by 90°, g1 (along the old x) points along the new −y: left
+    turned = sk.StrainMap(
+        **fields, mask=base.mask, reference_g=[[0.25, 0.0], [0.0, 0.2]], frame_angle_deg=90
+    )
+    panel = plot_strain(turned).axes[0]
+    labels = {t.get_text(): np.asarray(t.get_position()) - tail for t in panel.texts}
+    assert labels["g1"][0] < 0 and abs(labels["g1"][1]) < 1e-9
+    assert "g1" not in {t.get_text() for t in plot_strain(base).axes[0].texts}

@@ -484,3 +484,24 @@ def test_strain_precision_bound_at_the_reference_conditions():
     assert finer["exx"] == pytest.approx(b["exx"] / 2, rel=1e-6)
     with pytest.raises(ValueError, match="needs a Microscope with a dose"):
         sim.strain_precision_bound(sim.Microscope(dose=None))
+
+
+def test_per_position_strain_bound_follows_the_local_counts():
+    scan = sim.simulate_crystal(scan_shape=(2, 2), seed=3)
+    where = np.array([[True, False], [False, True]])
+    b = sim.crystal_strain_crb(scan, positions=where)
+    assert np.isnan(b["exx"][0, 1]) and np.isfinite(b["exx"][0, 0])
+    # with mean amplitudes and no strain it is the planning bound
+    flat = sim.simulate_crystal(
+        scan_shape=(1, 1), modulation=0.0, strain=sim.StrainField(exx=0, eyy=0, exy=0, theta_deg=0)
+    )
+    plan = sim.strain_precision_bound()
+    one = sim.crystal_strain_crb(flat)
+    for name in ("exx", "eyy", "exy", "theta_deg", "a_rel", "b_rel"):
+        assert one[name][0, 0] == pytest.approx(plan[name], rel=1e-6)
+    # a quarter of the dose doubles every bound
+    low = sim.crystal_strain_crb(sim.simulate_crystal(sim.Microscope(dose=5e4), (1, 1)))
+    high = sim.crystal_strain_crb(sim.simulate_crystal(sim.Microscope(dose=2e5), (1, 1)))
+    assert low["eyy"][0, 0] / high["eyy"][0, 0] == pytest.approx(2.0, rel=1e-6)
+    with pytest.raises(ValueError, match="boolean mask of the scan shape"):
+        sim.crystal_strain_crb(scan, positions=np.ones((3, 3), bool))

@@ -43,6 +43,7 @@ from __future__ import annotations
 from strainkit.simulate._bounds import (
     DiskCenterBound,
     crystal_disk_crb,
+    crystal_strain_crb,
     disk_center_crb,
     strain_precision_bound,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "VacuumTruth",
     "Workflow",
     "crystal_disk_crb",
+    "crystal_strain_crb",
     "disk_center_crb",
     "read_truth",
     "render_background",
