@@ -3,7 +3,8 @@
 :func:`run_demo` writes the demo data set (:func:`strainkit.simulate.write_demo`), then
 measures every calibration and the strain map from the files alone, exactly as a user
 would: nothing is taken from the truth until the comparison at the end. It writes the
-strain map, the fitted pipeline, the figures and a text report, and returns the
+strain map, the fitted pipeline, the figures, a text report and ``strainkit.toml`` (the
+same run as a ``strainkit run`` configuration), and returns the
 measured-versus-truth table and the time of each stage (it prints nothing;
 ``strainkit demo`` prints the table).
 
@@ -16,7 +17,6 @@ of the demo crystal is strained.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -46,14 +46,6 @@ def _rms(values: np.ndarray) -> float:
     return float(np.sqrt(np.mean(finite**2))) if finite.size else float("nan")
 
 
-def _save_figure(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
 def run_demo(
     out_dir: str | os.PathLike,
     seed: int = 0,
@@ -69,7 +61,10 @@ def run_demo(
     pixel size (gold, a = 4.078 Å); fit the rotation and flip on the HAADF and shadow
     images of ``images.h5``; run :func:`strainkit.make_strain_pipeline` on
     ``experiment.h5`` with the first quarter of the scan rows as the reference; save and
-    draw. The microscope is the default one: 128 x 128 px detector, 2e5 electrons per
+    draw (these stages are :mod:`strainkit.workflow`'s, the ones ``strainkit run``
+    runs). It also writes ``strainkit.toml``, the configuration of the same run on these
+    files: ``strainkit run <out_dir>/strainkit.toml`` writes its results into
+    ``<out_dir>/run``. The microscope is the default one: 128 x 128 px detector, 2e5 electrons per
     pattern, ellipse ratio 1.025, rotation −23° with a flip.
 
     Parameters
@@ -100,23 +95,15 @@ def run_demo(
     >>> import tempfile
     >>> result = run_demo(tempfile.mkdtemp(), scan=8, calibration_scan=16, progress=False)
     >>> sorted(result["paths"])
-    ['calibration', 'experiment', 'images', 'pipeline', 'qc_bvm', 'qc_origin', ...]
+    ['calibration', 'config', 'experiment', 'images', 'pipeline', 'qc_bvm', 'qc_origin', ...]
     """
     import strainkit as sk
     from strainkit import simulate
-    from strainkit.plot import plot_bragg_vector_map, plot_origin, plot_rotation, plot_strain
+    from strainkit.workflow import _calibrate_and_map, _Scan, _Timer, _write_text, config_template
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = now - clock
-        clock = now
-
+    timer = _Timer()
     paths = dict(
         simulate.write_demo(
             out,
@@ -125,50 +112,31 @@ def run_demo(
             experiment_shape=(scan, scan),
         )
     )
-    lap("simulate and write the data")
+    timer.lap("simulate and write the data")
 
-    # ---- calibrations, from the files alone ----
-    probe = sk.ProbeTemplate().fit(sk.read(paths["vacuum"]))
-    lap("probe template (vacuum)")
-    finder = sk.BraggDiskFinder(probe=probe, progress=progress, n_jobs=n_jobs)
-    raw = finder.transform(sk.read(paths["calibration"]))
-    lap("disk detection (calibration)")
-    origin = sk.OriginCalibrator()
-    centred = origin.fit_transform(raw)
-    ellipse = sk.EllipticalCalibrator().fit(centred)
-    pixel = sk.PixelCalibrator(crystal=sk.crystal.fcc(4.078)).fit(ellipse.transform(centred))
-    lap("origin, ellipse, pixel size")
-    haadf = sk.read_image(paths["images"], "haadf")
-    shadow = sk.read_image(paths["images"], "shadow")
-    rotation = sk.RotationCalibrator(ellipse=ellipse).fit(haadf, shadow)
-    lap("rotation and flip (images)")
-
-    # ---- the experiment ----
+    # ---- calibrations and strain, from the files alone (as `strainkit run` does) ----
     experiment = sk.read(paths["experiment"])
     reference = reference_rows(experiment.scan_shape)
-    pipe = sk.make_strain_pipeline(
-        probe,
-        ellipse,
-        pixel,
-        rotation,
-        reference=reference,
-        finder={"progress": progress, "n_jobs": n_jobs},
+    measured = _calibrate_and_map(
+        vacuum=sk.read(paths["vacuum"]),
+        calibration=sk.read(paths["calibration"]),
+        haadf=sk.read_image(paths["images"], "haadf"),
+        shadow=sk.read_image(paths["images"], "shadow"),
+        standard={"crystal": sk.crystal.fcc(4.078)},
+        scans=[_Scan("experiment", "strain", experiment, reference)],
+        out=out,
+        timer=timer,
+        progress=progress,
+        n_jobs=n_jobs,
     )
-    strain = pipe.fit_transform(experiment)
-    lap("strain pipeline (experiment)")
-
-    # ---- results ----
-    paths["strain"] = sk.save(strain, out / "strain.h5")
-    paths["pipeline"] = sk.save(pipe, out / "pipeline.h5")
-    paths["strain_png"] = _save_figure(plot_strain(strain), out / "strain.png")
-    paths["qc_origin"] = _save_figure(plot_origin(origin), out / "qc_origin.png")
-    paths["qc_bvm"] = _save_figure(
-        plot_bragg_vector_map(centred, ellipse=ellipse), out / "qc_bvm.png"
+    paths.update(measured.paths)
+    ellipse, pixel, rotation = measured.ellipse, measured.pixel, measured.rotation
+    strain = measured.strain_maps["strain"]
+    # the same run on these files: `strainkit run <out>/strainkit.toml` (results in run/)
+    rows = (0, int(np.flatnonzero(reference.any(axis=1))[-1]) + 1)
+    paths["config"] = _write_text(
+        out / "strainkit.toml", config_template(reference_rows=rows, output_dir="run")
     )
-    paths["qc_rotation"] = _save_figure(
-        plot_rotation(rotation, haadf, shadow), out / "qc_rotation.png"
-    )
-    lap("save and draw")
 
     # ---- comparison with the truth (only now is it read) ----
     cal_truth = simulate.read_truth(paths["calibration"])
@@ -197,17 +165,16 @@ def run_demo(
         error = np.where(valid, measured - true, np.nan)
         strain_rows.append((name, _rms(error), _rms(true), unit))
     strain_rows.append(("valid positions", int(valid.sum()), int(valid.size), "of all"))
-    lap("compare with the truth")
+    timer.lap("compare with the truth")
 
     result = {
         "paths": paths,
         "calibrations": calibrations,
         "strain": strain_rows,
-        "timings": timings,
+        "timings": timer.timings,
         "strain_map": strain,
     }
-    paths["report"] = out / "report.txt"
-    paths["report"].write_text(format_report(result), encoding="utf-8")
+    paths["report"] = _write_text(out / "report.txt", format_report(result))
     return result
 
 
