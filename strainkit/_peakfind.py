@@ -10,9 +10,12 @@ not vectorise ``range(lo, hi)`` with a non-zero start (measured: 8x slower).
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 
+MODEL_ERROR = 0.01  # relative error of a disk model, as seen by a faint neighbour
 GRID = 8  # tabulated subpixel shifts per px: δ = g / GRID − ½, g = 0..GRID
 
 
@@ -191,7 +194,9 @@ def window_sums(win, kbank, g, acc, out):
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def fit_slope(rwin, fwin, floor, i, j, h, nx, ny, gap, out):
-    """The local background slope (per px along x and y) into ``out``; False if unknown.
+    """The local background plane into ``out``: slope along x, y (per px) and level.
+
+    Returns False when the gaps are too few to tell.
 
     The slope is fitted to the residual ``rwin`` over the gaps between disks: pixels
     where the disk models (``fwin − rwin``) stay below ``floor`` (elsewhere the disks'
@@ -199,7 +204,9 @@ def fit_slope(rwin, fwin, floor, i, j, h, nx, ny, gap, out):
     detector, and whose mirror image through the window centre qualifies too. The
     symmetric pairs make the fit blind to the background's curvature, which a
     symmetric kernel ignores anyway, so the slope comes out unbiased even when the gaps
-    lie to one side. The constant level needs no removal: it cannot shift a maximum.
+    lie to one side. The level is the mean over the same pairs (their centroid is the
+    window centre); it cannot shift the maximum of a disk wholly on the detector, but it
+    does give the disk's background, which sets its kernel (see :func:`refine_frame`).
     """
     n = 2 * h + 1
     floor32 = np.float32(floor)
@@ -215,7 +222,7 @@ def fit_slope(rwin, fwin, floor, i, j, h, nx, ny, gap, out):
             row[b] = 0.0
         for b in range(max(0, ny - j + h), n):
             row[b] = 0.0
-    suu = suv = svv = sru = srv = count = 0.0
+    suu = suv = svv = sru = srv = sr = count = 0.0
     for a in range(n):
         u = np.float32(a - h)
         row, mirror, rrow = gap[a], gap[n - 1 - a, ::-1], rwin[a, :n]
@@ -230,6 +237,7 @@ def fit_slope(rwin, fwin, floor, i, j, h, nx, ny, gap, out):
             s3 += wr
             s4 += wr * v
         srv += s4
+        sr += s3
         count += s0
         suu += s0 * u * u
         suv += s1 * u
@@ -240,12 +248,13 @@ def fit_slope(rwin, fwin, floor, i, j, h, nx, ny, gap, out):
         return False
     out[0] = (svv * sru - suv * srv) / det
     out[1] = (suu * srv - suv * sru) / det
+    out[2] = sr / count  # the pairs are symmetric: the plane's level at the centre
     return True
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
-def subtract_slope(win, cu, cv, i, j, h, nx, ny):
-    """win -= cu (x − i) + cv (y − j) on the detector's pixels."""
+def subtract_slope(win, c0, cu, cv, i, j, h, nx, ny):
+    """win -= c0 + cu (x − i) + cv (y − j) on the detector's pixels."""
     for a in range(2 * h + 1):
         x = i - h + a
         if x < 0 or x >= nx:
@@ -254,16 +263,16 @@ def subtract_slope(win, cu, cv, i, j, h, nx, ny):
         for b in range(2 * h + 1):
             y = j - h + b
             if 0 <= y < ny:
-                win[a, b] -= cu * u + cv * (b - h)
+                win[a, b] -= c0 + cu * u + cv * (b - h)
 
 
 @numba.njit(cache=True, nogil=True)
-def newton(win, kbank, kmom, cu, cv, dx, dy, acc, sums, result):
+def newton(win, kbank, kmom, c0, cu, cv, dx, dy, acc, sums, result):
     """Maximum of the DFT-interpolated correlation of ``win`` near offset (dx, dy).
 
-    A background slope (cu, cv) is taken out of the sums through the bank's first
-    moments ``kmom[g, 0|1, c]`` (the correlations are linear in the window, so this
-    equals subtracting the plane from every pixel, at a fraction of the cost).
+    A background plane (level c0, slope cu, cv) is taken out of the sums through the
+    bank's moments ``kmom[g, 0|1|2, c]`` (the correlations are linear in the window, so
+    this equals subtracting the plane from every pixel, at a fraction of the cost).
     Newton steps from the nearest tabulated shift. Writes (dx, dy, value, sharpness) to
     ``result``. Returns 0 when converged, 1 when the maximum lies beyond the tabulated
     ±½ px (recentre the window on ``result[:2]`` and call again), 2 when no maximum.
@@ -274,7 +283,7 @@ def newton(win, kbank, kmom, cu, cv, dx, dy, acc, sums, result):
         g = gx * (GRID + 1) + gy
         window_sums(win, kbank, g, acc, sums)
         for q in range(6):
-            sums[q] -= cu * kmom[g, 0, q] + cv * kmom[g, 1, q]
+            sums[q] -= c0 * kmom[g, 0, q] + cu * kmom[g, 1, q] + cv * kmom[g, 2, q]
         c, cx, cy, cxx, cxy, cyy = sums[0], sums[1], sums[2], sums[3], sums[4], sums[5]
         det = cxx * cyy - cxy * cxy
         if not (cxx < 0.0 and det > 0.0):
@@ -298,6 +307,20 @@ def newton(win, kbank, kmom, cu, cv, dx, dy, acc, sums, result):
     return 2
 
 
+@numba.njit(cache=True, inline="always")
+def pick_bank(floors, level, plateau):
+    """The bank whose kernel floor is nearest (in log) to the disk's ``level / plateau``."""
+    if not (level > 0.0 and plateau > 0.0) or len(floors) == 1:
+        return 0
+    ratio = level / plateau
+    best, dist = 0, 1e300
+    for q in range(len(floors)):
+        d = abs(math.log(floors[q] / ratio))
+        if d < dist:
+            best, dist = q, d
+    return best
+
+
 @numba.njit(cache=True, nogil=True)
 def refine_frame(
     frame,
@@ -312,9 +335,12 @@ def refine_frame(
     amp,
     kbank,
     kmom,
+    floors,
+    phi0,
+    kappa0,
+    plateau,
     tbank,
     h,
-    phi0,
     sweeps,
     acc,
     sums,
@@ -326,17 +352,25 @@ def refine_frame(
     Each sweep subtracts every disk's model (the template scaled by its amplitude) from
     the frame, then refines each disk on the frame minus its neighbours and minus a
     local plane (the diffuse background), so neither overlapping tails nor a background
-    slope pull it. ``quality[k]`` gets the peak sharpness, ``amp[k]`` the correlation
-    maximum divided by ``phi0`` (the template's own correlation).
+    slope pull it. In the last sweep each disk is correlated with the kernel of bank
+    ``pick_bank(floors, background level, amp · plateau)``: the Poisson kernels
+    ``log(t + floor)`` differ only in ``floor``, the background-to-disk ratio for which
+    each is the likelihood, so a faint disk on a bright background gets the flatter
+    kernel that suits it. ``quality[k]`` gets the peak sharpness relative to a perfect
+    match (``kappa0``), ``amp[k]`` the correlation maximum divided by ``phi0`` (the
+    template's own correlation with that kernel).
     """
     nx, ny = frame.shape
     gapmask = np.empty((2 * h + 1, 2 * h + 1), np.float32)
-    slope = np.zeros(2)
+    plane = np.zeros(3)
     for sweep in range(sweeps):
         # The first sweep only sharpens the detection estimates, on the raw pattern: good
         # enough to model the neighbours in the next (whose own errors barely matter).
         quick = sweep == 0 and sweeps > 1
         resid[:] = frame
+        top = 0.0
+        for k in range(n):
+            top = max(top, amp[k])
         if not quick:
             for k in range(n):
                 i, j = round(pos[k, 0]), round(pos[k, 1])
@@ -344,6 +378,7 @@ def refine_frame(
         for k in range(n_refine):
             i, j = round(pos[k, 0]), round(pos[k, 1])
             dx, dy = pos[k, 0] - i, pos[k, 1] - j
+            bank = pick_bank(floors, MODEL_ERROR * top * plateau, amp[k] * plateau)
             for _attempt in range(3):
                 load_window(resid, i, j, h, rwin)
                 win[:] = rwin
@@ -352,16 +387,22 @@ def refine_frame(
                     # the missing pixels, so a clipped disk is refined against itself
                     # rather than against zeros (which would pull it inwards).
                     add_model(win, tbank, dx, dy, h, h, h, amp[k])
-                cu = cv = 0.0
-                # the background slope matters for the final positions only
+                c0 = cu = cv = 0.0
+                # the background matters for the final positions only
                 if gap > 0 and sweep == sweeps - 1:
                     load_window(frame, i, j, h, fwin)
-                    if fit_slope(rwin, fwin, gap * amp[k], i, j, h, nx, ny, gapmask, slope):
-                        cu, cv = slope[0], slope[1]
+                    if fit_slope(rwin, fwin, gap * amp[k], i, j, h, nx, ny, gapmask, plane):
+                        c0, cu, cv = plane[2], plane[0], plane[1]
+                        # the neighbours' model errors act as extra background,
+                        # in proportion to the brightest disk
+                        clutter = max(c0, MODEL_ERROR * top * plateau)
+                        bank = pick_bank(floors, clutter, amp[k] * plateau)
                         if not (h <= i < nx - h and h <= j < ny - h):  # partly off the detector
-                            subtract_slope(win, cu, cv, i, j, h, nx, ny)
-                            cu = cv = 0.0
-                status = newton(win, kbank, kmom, cu, cv, dx, dy, acc, sums, result)
+                            subtract_slope(win, c0, cu, cv, i, j, h, nx, ny)
+                            c0 = cu = cv = 0.0
+                status = newton(
+                    win, kbank[bank], kmom[bank], c0, cu, cv, dx, dy, acc, sums, result
+                )
                 if status != 1:
                     break
                 i, j = i + round(result[0]), j + round(result[1])
@@ -369,8 +410,8 @@ def refine_frame(
             if status == 0:
                 pos[k, 0] = i + result[0]
                 pos[k, 1] = j + result[1]
-                amp[k] = result[2] / phi0
-                quality[k] = result[3]
+                amp[k] = result[2] / phi0[bank]
+                quality[k] = result[3] / kappa0[bank]
             else:
                 quality[k] = 0.0
 
@@ -391,9 +432,12 @@ def process_frames(
     mode,
     kbank,
     kmom,
+    floors,
+    phi0,
+    kappa0,
+    plateau,
     tbank,
     h,
-    phi0,
     gap,
     sweeps,
     out,
@@ -423,7 +467,7 @@ def process_frames(
     amp = np.empty(cap, np.float64)
     qual = np.empty(cap, np.float64)
     resid = np.empty((nx, ny), np.float32)
-    width = kbank.shape[3]
+    width = kbank.shape[4]
     win = np.empty((2 * h + 1, width), np.float32)
     rwin = np.empty((2 * h + 1, width), np.float32)
     fwin = np.empty((2 * h + 1, width), np.float32)
@@ -476,9 +520,12 @@ def process_frames(
                 amp,
                 kbank,
                 kmom,
+                floors,
+                phi0,
+                kappa0,
+                plateau,
                 tbank,
                 h,
-                phi0,
                 sweeps,
                 acc,
                 sums,

@@ -19,6 +19,14 @@ The work is a pure function of a block of frames (:func:`detect_block`):
 
 The default kernel, ``'poisson'``, weights the disk edge as the Poisson likelihood does
 (the log of the template), which brings the position error to about the Cramér–Rao bound.
+That likelihood depends on the ratio of the background under a disk to the disk's own
+plateau, ``log(t + B/A)``: a faint disk on a bright background (or beside much brighter
+disks, whose imperfect models act as background) wants a flatter kernel than a bright
+one. The refinement therefore holds one Poisson kernel bank per floor
+(:data:`POISSON_FLOORS`) and gives each disk the one nearest its own ratio, measured from
+the local background level and the disk's amplitude. The local level is also taken out
+of each disk's correlation, so the reported intensity is the disk's counts without the
+background under it.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from tqdm.auto import tqdm
 from strainkit import _peakfind as pf
 from strainkit._base import Estimator, ParamsModel
 from strainkit.containers import BraggPeaks, DataCube
-from strainkit.probe import ProbeTemplate, kernel_offset, make_kernel
+from strainkit.probe import POISSON_FLOOR, ProbeTemplate, kernel_offset, make_kernel
 
 __all__ = [
     "BraggDiskFinder",
@@ -106,13 +114,15 @@ class DetectionPlan:
     spectrum: np.ndarray  # conj(rfft2(binned kernel)), complex64
     offset_b: np.ndarray  # binned kernel centre within ½ px of (0, 0)
     phi0_b: float  # binned template's correlation with the binned kernel
-    kbank: np.ndarray  # refinement kernel bank (81, 2h+1, 6, P)
-    kmom: np.ndarray  # its first moments along x and y (81, 2, 6), for slope removal
+    kbank: np.ndarray  # refinement kernel banks (n, 81, 2h+1, 6, P), one per floor
+    kmom: np.ndarray  # their moments of order 0, x, y (n, 81, 3, 6), for plane removal
+    floors: np.ndarray  # the Poisson floor of each bank (n,), ascending
     tbank: np.ndarray  # template bank (81, 2h+1, 3, P), for deblending
     half: int  # h
-    phi0: float  # template's correlation with the refinement kernel
+    phi0: np.ndarray  # template's correlation with each refinement kernel (n,)
+    kappa0: np.ndarray  # peak sharpness of a perfect match, per kernel (n,)
+    plateau: float  # the template's top (counts per px of a disk of amplitude 1)
     template_sum: float  # counts of a disk of amplitude 1
-    kappa0: float  # peak sharpness of a perfect match
     gap: float  # model level (per unit amplitude) below which a pixel is background
     offset: np.ndarray  # refinement kernel centre within ½ px of (0, 0)
     edge: int
@@ -155,12 +165,16 @@ def _binned_kernel(probe: ProbeTemplate, b: int) -> tuple[np.ndarray, np.ndarray
 def make_plan(probe: ProbeTemplate, kernel: np.ndarray, settings: dict) -> DetectionPlan:
     """Precompute the detection plan for a fitted probe and a refinement kernel.
 
+    ``kernel`` is one kernel (Qx, Qy) or a stack (n, Qx, Qy) of Poisson kernels whose
+    floors are ``settings["floors"]`` (ascending): each disk is then refined with the one
+    that matches its background-to-plateau ratio.
+
     Examples
     --------
     >>> probe = ProbeTemplate.synthetic(6.0, 0.5, (64, 64))
     >>> plan = make_plan(probe, probe.kernel_, {})
-    >>> plan.bin, plan.kbank.shape[:3]
-    (2, (81, 19, 6))
+    >>> plan.bin, plan.kbank.shape[:4]
+    (2, (1, 81, 19, 6))
     """
     radius = probe.radius_
     shape = probe.template_.shape
@@ -169,17 +183,30 @@ def make_plan(probe: ProbeTemplate, kernel: np.ndarray, settings: dict) -> Detec
     )
     kb, offset_b, phi0_b = _binned_kernel(probe, b)
     template = _centred_template(probe)
-    h = max(_half_width(kernel), _half_width(template))
-    kbank = shifted_bank(kernel, h, derivatives=2)
+    kernels = np.asarray(kernel, float)
+    kernels = kernels[None] if kernels.ndim == 2 else kernels
+    floors = np.asarray(settings.get("floors", [POISSON_FLOOR] * len(kernels)), float)
+    if floors.shape != (len(kernels),) or (np.diff(floors) <= 0).any():
+        raise ValueError(f"floors={floors.tolist()}: give one ascending floor per kernel")
+    h = max(max(_half_width(k) for k in kernels), _half_width(template))
+    kbank = np.stack([shifted_bank(k, h, derivatives=2) for k in kernels])
     tbank = shifted_bank(template, h, derivatives=1)
     u = (np.arange(2 * h + 1) - h).astype(np.float64)
     kwin = kbank[..., : 2 * h + 1].astype(np.float64)
-    kmom = np.stack([np.einsum("a,gacb->gc", u, kwin), np.einsum("b,gacb->gc", u, kwin)], axis=1)
-    phi0 = float(np.sum(template * kernel))
+    # moments of order 0, x and y of each shifted kernel: a plane's contribution
+    kmom = np.stack(
+        [
+            np.einsum("ngacb->ngc", kwin),
+            np.einsum("a,ngacb->ngc", u, kwin),
+            np.einsum("b,ngacb->ngc", u, kwin),
+        ],
+        axis=2,
+    )
+    phi0 = np.einsum("ij,nij->n", template, kernels)
     g0 = (pf.GRID // 2) * (pf.GRID + 1) + pf.GRID // 2  # δ = 0
     window = tbank[g0, :, 0, : 2 * h + 1]
-    kappa_sums = np.einsum("ab,acb->c", window, kbank[g0, :, :, : 2 * h + 1])
-    kappa0 = float(-(kappa_sums[3] + kappa_sums[5]) / kappa_sums[0])
+    kappa_sums = np.einsum("ab,nacb->nc", window, kbank[:, g0, :, :, : 2 * h + 1])
+    kappa0 = -(kappa_sums[:, 3] + kappa_sums[:, 5]) / kappa_sums[:, 0]
     return DetectionPlan(
         shape=shape,
         bin=b,
@@ -188,11 +215,13 @@ def make_plan(probe: ProbeTemplate, kernel: np.ndarray, settings: dict) -> Detec
         phi0_b=phi0_b,
         kbank=kbank,
         kmom=kmom,
+        floors=floors,
         tbank=tbank,
         half=h,
         phi0=phi0,
-        template_sum=float(template.sum()),
         kappa0=kappa0,
+        plateau=float(template.max()),
+        template_sum=float(template.sum()),
         gap=float(settings.get("gap", 0.01)) * float(template.max()),
         offset=kernel_offset(probe.center_),
         edge=math.ceil(settings.get("edge", radius + 2 * probe.edge_width_)),
@@ -273,9 +302,12 @@ def detect_block(frames: np.ndarray, plan: DetectionPlan) -> tuple[np.ndarray, n
             plan.subpixel,
             plan.kbank,
             plan.kmom,
+            plan.floors,
+            plan.phi0,
+            plan.kappa0,
+            plan.plateau,
             plan.tbank,
             plan.half,
-            plan.phi0,
             plan.gap,
             plan.sweeps,
             out[s : s + len(w)],
@@ -284,8 +316,6 @@ def detect_block(frames: np.ndarray, plan: DetectionPlan) -> tuple[np.ndarray, n
     out[..., 0] += plan.offset[0]
     out[..., 1] += plan.offset[1]
     out[..., 2] *= plan.template_sum
-    if plan.subpixel == 2:
-        out[..., 3] /= plan.kappa0
     return out, counts
 
 
@@ -293,6 +323,9 @@ def detect_block(frames: np.ndarray, plan: DetectionPlan) -> tuple[np.ndarray, n
 
 
 _SUBPIXEL = {"none": 0, "parabolic": 1, "dft": 2}
+# Poisson kernel floors (background / disk plateau) tabulated for the refinement: from the
+# probe's own 3 % (a bright disk) to a disk fainter than its background; one bank each.
+POISSON_FLOORS = (POISSON_FLOOR, 0.06, 0.12, 0.25, 0.5, 1.0)
 
 
 class BraggDiskFinder(Estimator):
@@ -401,10 +434,28 @@ class BraggDiskFinder(Estimator):
 
     @staticmethod
     def _make_plan(p, probe: ProbeTemplate) -> DetectionPlan:
-        if p.kernel == "probe" and p.spacing is None:
+        kind = probe.kernel if p.kernel == "probe" else p.kernel
+        floors = None
+        if kind == "poisson":
+            # one Poisson kernel per background-to-disk ratio; each disk takes its own
+            floors = POISSON_FLOORS
+            kernel = np.stack(
+                [
+                    make_kernel(
+                        probe.template_,
+                        probe.center_,
+                        probe.radius_,
+                        probe.edge_width_,
+                        "poisson",
+                        background=probe.background_,
+                        floor=f,
+                    )
+                    for f in floors
+                ]
+            )
+        elif p.kernel == "probe" and p.spacing is None:
             kernel = probe.kernel_
         else:
-            kind = probe.kernel if p.kernel == "probe" else p.kernel
             kernel = probe.build_kernel(kind, p.spacing)
         radius = probe.radius_
         template_sum = float(_centred_template(probe).sum())
@@ -424,6 +475,7 @@ class BraggDiskFinder(Estimator):
                 "subpixel": _SUBPIXEL[p.subpixel],
                 "corr_power": p.corr_power,
                 "sweeps": p.sweeps,
+                **({"floors": floors} if floors is not None else {}),
             },
         )
 

@@ -162,6 +162,7 @@ def make_kernel(
     kind: str = "zero_sum",
     spacing: float | None = None,
     background: float = 0.0,
+    floor: float = POISSON_FLOOR,
 ) -> np.ndarray:
     """The correlation kernel of a probe template, centred within ½ px of pixel (0, 0).
 
@@ -186,6 +187,10 @@ def make_kernel(
         Smallest distance between disks (px); limits the zero-sum kernel's reach.
     background : float
         Template background level, removed first.
+    floor : float
+        The ``'poisson'`` kernel is ``log(t / max(t) + floor)`` (less its value off the
+        disk): the Poisson log-likelihood of a disk of plateau ``A`` on a background ``B``
+        when ``floor = B / A``.
 
     Examples
     --------
@@ -210,7 +215,9 @@ def make_kernel(
     if kind == "poisson":
         top = np.clip(disk / disk.max(), 0.0, None)
         mask = _soft_step(rho, radius + 2.5 * edge_width, edge_width)
-        log = (np.log(top + POISSON_FLOOR) - np.log(POISSON_FLOOR)) * mask
+        if not floor > 0:
+            raise ValueError(f"floor={floor!r}: the Poisson kernel needs a floor > 0")
+        log = (np.log(top + floor) - np.log(floor)) * mask
         return log / log.sum()
     if kind == "edge":
         edge = -ndimage.gaussian_laplace(disk, edge_width, mode="wrap")
