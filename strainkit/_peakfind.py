@@ -15,6 +15,7 @@ import math
 import numba
 import numpy as np
 
+SLOPE_HALF = 15  # half-width of the window the background plane is fitted in
 MODEL_ERROR = 0.01  # relative error of a disk model, as seen by a faint neighbour
 GRID = 8  # tabulated subpixel shifts per px: δ = g / GRID − ½, g = 0..GRID
 
@@ -193,62 +194,61 @@ def window_sums(win, kbank, g, acc, out):
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
-def fit_slope(rwin, fwin, floor, i, j, h, nx, ny, gap, out):
+def fit_slope(rwin, fwin, floor, i, j, h, nx, ny, colok, out):
     """The local background plane into ``out``: slope along x, y (per px) and level.
 
-    Returns False when the gaps are too few to tell.
-
-    The slope is fitted to the residual ``rwin`` over the gaps between disks: pixels
-    where the disk models (``fwin − rwin``) stay below ``floor`` (elsewhere the disks'
-    Poisson noise and any error of their models would swamp the background), on the
-    detector, and whose mirror image through the window centre qualifies too. The
-    symmetric pairs make the fit blind to the background's curvature, which a
-    symmetric kernel ignores anyway, so the slope comes out unbiased even when the gaps
-    lie to one side. The level is the mean over the same pairs (their centroid is the
-    window centre); it cannot shift the maximum of a disk wholly on the detector, but it
-    does give the disk's background, which sets its kernel (see :func:`refine_frame`).
+    Returns False when the gaps are too few to tell. The plane is fitted to the residual
+    ``rwin`` (a window of half-width ``h`` around pixel (i, j)) over the gaps between
+    disks: pixels where the disk models (``fwin − rwin``) stay below ``floor``
+    (elsewhere the disks' Poisson noise and any error of their models would swamp the
+    background), on the detector, and whose mirror image through the window centre
+    qualifies too. The symmetric pairs make the fit blind to the background's
+    curvature, which a symmetric kernel ignores anyway, so the slope comes out unbiased
+    even when the gaps lie to one side; each pair is visited once, through the
+    difference (slope) and the sum (level) of its two residuals. The level is the mean
+    over the pairs (their centroid is the window centre); it cannot shift the maximum of
+    a disk wholly on the detector, but it does give the disk's background, which sets
+    its kernel (see :func:`refine_frame`). ``colok`` is scratch of length ``2h + 1``.
     """
     n = 2 * h + 1
     floor32 = np.float32(floor)
-    for a in range(n):
-        x = i - h + a
-        row, frow, rrow = gap[a], fwin[a, :n], rwin[a, :n]
-        if x < 0 or x >= nx:
-            row[:] = 0.0
-            continue
-        for b in range(n):
-            row[b] = 1.0 if frow[b] - rrow[b] <= floor32 else 0.0
-        for b in range(max(0, h - j)):  # off the detector to the left / right
-            row[b] = 0.0
-        for b in range(max(0, ny - j + h), n):
-            row[b] = 0.0
+    for b in range(n):
+        y = j - h + b
+        colok[b] = 1.0 if 0 <= y < ny else 0.0
+    mirror_ok = colok[::-1]
     suu = suv = svv = sru = srv = sr = count = 0.0
-    for a in range(n):
+    for a in range(h + 1):
+        if not (0 <= i - h + a < nx and 0 <= i + h - a < nx):
+            continue
         u = np.float32(a - h)
-        row, mirror, rrow = gap[a], gap[n - 1 - a, ::-1], rwin[a, :n]
-        s0 = s1 = s2 = s3 = s4 = np.float32(0.0)
-        for b in range(n):  # u is constant along the row: sums of w, w v, w v², w r, w r v
-            w = row[b] * mirror[b]
+        r1, f1 = rwin[a, :n], fwin[a, :n]
+        r2, f2 = rwin[n - 1 - a, :n][::-1], fwin[n - 1 - a, :n][::-1]
+        s0 = s1 = s2 = sd = sdv = ss = np.float32(0.0)
+        for b in range(n if a < h else h):  # the middle row pairs its halves
+            ok = colok[b] * mirror_ok[b]
+            ok = ok if f1[b] - r1[b] <= floor32 else np.float32(0.0)
+            w = ok if f2[b] - r2[b] <= floor32 else np.float32(0.0)
             v = np.float32(b - h)
-            wr = w * rrow[b]
+            d = w * (r1[b] - r2[b])
             s0 += w
             s1 += w * v
             s2 += w * v * v
-            s3 += wr
-            s4 += wr * v
-        srv += s4
-        sr += s3
-        count += s0
-        suu += s0 * u * u
-        suv += s1 * u
-        svv += s2
-        sru += s3 * u
+            sd += d
+            sdv += d * v
+            ss += w * (r1[b] + r2[b])
+        count += 2.0 * s0
+        suu += 2.0 * s0 * u * u
+        suv += 2.0 * s1 * u
+        svv += 2.0 * s2
+        sru += sd * u
+        srv += sdv
+        sr += ss
     det = suu * svv - suv * suv
     if count < 24.0 or det <= 1e-9 * (suu + svv) ** 2:
         return False
     out[0] = (svv * sru - suv * srv) / det
     out[1] = (suu * srv - suv * sru) / det
-    out[2] = sr / count  # the pairs are symmetric: the plane's level at the centre
+    out[2] = sr / count
     return True
 
 
@@ -352,7 +352,11 @@ def refine_frame(
     Each sweep subtracts every disk's model (the template scaled by its amplitude) from
     the frame, then refines each disk on the frame minus its neighbours and minus a
     local plane (the diffuse background), so neither overlapping tails nor a background
-    slope pull it. In the last sweep each disk is correlated with the kernel of bank
+    slope pull it. The plane is fitted over a wider window (half-width ``SLOPE_HALF``)
+    than the disk's: its noise would otherwise cost more precision than the slope's bias
+    (measured on the demo scan: strain error 1.10x the Cramér–Rao bound with the disk's
+    own window, 1.07x with 31 px). In the last sweep each disk is correlated with the
+    kernel of bank
     ``pick_bank(floors, background level, amp · plateau)``: the Poisson kernels
     ``log(t + floor)`` differ only in ``floor``, the background-to-disk ratio for which
     each is the likelihood, so a faint disk on a bright background gets the flatter
@@ -361,7 +365,10 @@ def refine_frame(
     template's own correlation with that kernel).
     """
     nx, ny = frame.shape
-    gapmask = np.empty((2 * h + 1, 2 * h + 1), np.float32)
+    hs = max(SLOPE_HALF, h)
+    colok = np.empty(2 * hs + 1, np.float32)
+    srwin = np.empty((2 * hs + 1, 2 * hs + 1), np.float32)
+    sfwin = np.empty((2 * hs + 1, 2 * hs + 1), np.float32)
     plane = np.zeros(3)
     for sweep in range(sweeps):
         # The first sweep only sharpens the detection estimates, on the raw pattern: good
@@ -390,8 +397,9 @@ def refine_frame(
                 c0 = cu = cv = 0.0
                 # the background matters for the final positions only
                 if gap > 0 and sweep == sweeps - 1:
-                    load_window(frame, i, j, h, fwin)
-                    if fit_slope(rwin, fwin, gap * amp[k], i, j, h, nx, ny, gapmask, plane):
+                    load_window(frame, i, j, hs, sfwin)
+                    load_window(resid, i, j, hs, srwin)
+                    if fit_slope(srwin, sfwin, gap * amp[k], i, j, hs, nx, ny, colok, plane):
                         c0, cu, cv = plane[2], plane[0], plane[1]
                         # the neighbours' model errors act as extra background,
                         # in proportion to the brightest disk
