@@ -196,8 +196,8 @@ def test_intensity_is_the_disk_alone_not_its_background(probe):
     disk = disk_model(shape, (50.3, 70.6), probe.radius_, probe.edge_width_)
     counts = 5000.0
     x, y = np.indices(shape)
-    diffuse = 20.0 * np.exp(-((x - 50.3) ** 2 + (y - 70.6) ** 2) / (2 * 40.0**2))
-    frame = counts * disk / disk.sum() + diffuse  # ~20 background counts per disk pixel
+    tilted = 20.0 + 0.1 * (x - 50.3) - 0.05 * (y - 70.6)  # a background plane
+    frame = counts * disk / disk.sum() + tilted  # ~20 background counts per disk pixel
     peaks = BraggDiskFinder(probe=probe, progress=False).transform(frame[None, None])
     assert peaks.n_peaks == 1
     # the disk holds 5 000 counts; its footprint holds ~3 000 more of background
