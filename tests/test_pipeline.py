@@ -53,6 +53,23 @@ def test_strain_in_the_real_space_frame_matches_the_truth(fitted, scan):
     assert np.nanmean(strain.a[t.reference_mask]) == pytest.approx(a_true, rel=5e-4)
 
 
+def test_strain_error_is_near_the_cramer_rao_bound(fitted, scan):
+    # demo-sized scans (64 x 64) reach 1.06-1.08x the bound (benchmarks/accuracy_strain.py);
+    # 256 positions estimate the ratio to about ±4.5 %, hence the 1.25 here
+    _, strain = fitted
+    t = scan.truth
+    where = np.zeros(t.exx.shape, bool)
+    where[::2, ::2] = True
+    bound = simulate.crystal_strain_crb(scan, positions=where)
+    for name, true in (("exx", t.exx), ("eyy", t.eyy), ("exy", t.exy), ("theta_deg", t.theta_deg)):
+        error = getattr(strain, name) - true
+        ratio = np.sqrt(np.mean(error**2) / np.mean(bound[name][where] ** 2))
+        assert 0.8 < ratio < 1.25, (name, ratio)
+        # the standard errors tell the truth: |error| < 2σ at about 95 % of positions
+        cover = np.mean(np.abs(error) < 2 * getattr(strain, f"sigma_{name}"))
+        assert 0.88 < cover < 0.995, (name, cover)
+
+
 def test_fitted_calibrators_are_not_refitted(fitted, calibrations):
     pipe, _ = fitted
     ellipse, pixel, rotation = calibrations
