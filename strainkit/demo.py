@@ -88,7 +88,9 @@ def run_demo(
         ``paths`` (name to path of every file written), ``calibrations`` and ``strain``
         (lists of rows ``(quantity, measured, truth, unit)``; for the strain rows
         ``(field, RMS error against the truth, RMS of the true field, unit)`` over the
-        valid positions), ``timings`` (stage name to seconds) and ``strain_map``.
+        valid positions), ``bounds`` (rows ``(field, RMS error, Cramér–Rao bound, unit)``,
+        the bound of :func:`strainkit.simulate.strain_precision_bound` at the demo's
+        conditions), ``timings`` (stage name to seconds) and ``strain_map``.
 
     Examples
     --------
@@ -165,12 +167,20 @@ def run_demo(
         error = np.where(valid, measured - true, np.nan)
         strain_rows.append((name, _rms(error), _rms(true), unit))
     strain_rows.append(("valid positions", int(valid.sum()), int(valid.size), "of all"))
+    # the physical limit at these conditions (dose, probe, detector, lattice)
+    limit = simulate.strain_precision_bound(simulate.Microscope(**exp_truth["microscope"]))
+    bounds = [
+        (name, error, limit[name] * scales[name], unit)
+        for name, error, _, unit in strain_rows
+        if name in scales
+    ]
     timer.lap("compare with the truth")
 
     result = {
         "paths": paths,
         "calibrations": calibrations,
         "strain": strain_rows,
+        "bounds": bounds,
         "timings": timer.timings,
         "strain_map": strain,
     }
@@ -210,6 +220,16 @@ def format_report(result: dict) -> str:
     lines += ["", f"{'strain field':<24} {'RMS error':>16} {'RMS of truth':>14}  unit"]
     for name, error, truth, unit in result["strain"]:
         lines.append(f"{name:<24} {_fmt(error):>16} {_fmt(truth):>15}  {unit}".rstrip())
+    if result.get("bounds"):
+        head = f"{'against the physical limit':<24} {'RMS error':>16} {'CR bound':>15}  ratio"
+        lines += ["", head]
+        for name, error, bound, unit in result["bounds"]:
+            cells = f"{_fmt(error):>15}{unit:1} {_fmt(bound):>14}{unit:1}"
+            lines.append(f"{name:<24} {cells}  {error / bound:.3f}")
+        lines.append(
+            "(Cramér–Rao bound of one unstrained position with mean disk intensities, "
+            "strainkit.simulate.strain_precision_bound)"
+        )
     lines += ["", f"{'stage':<40} {'time (s)':>10}"]
     for name, seconds in result["timings"].items():
         lines.append(f"{name:<40} {seconds:>10.2f}")
