@@ -46,7 +46,7 @@ from scipy.spatial import cKDTree
 from sklearn.base import TransformerMixin
 
 from strainkit._base import Estimator, ParamsModel
-from strainkit._latticefit import fit_segments
+from strainkit._latticefit import fit_csr
 from strainkit.containers import BraggPeaks, LatticeMap
 
 __all__ = ["LatticeFitter", "find_lattice", "fit_lattice", "index_peaks", "reduce_basis"]
@@ -406,34 +406,9 @@ def fit_lattice(
     pos = np.asarray(pos, dtype=np.int64)
     origin0 = np.broadcast_to(np.asarray(origin, float), (n_pos, 2))
     g0 = np.broadcast_to(np.asarray(g, float), (n_pos, 2, 2))
-    if len(pos) == 0 or bool((np.diff(pos) >= 0).all()):  # CSR order: the numba kernel
-        counts = np.bincount(pos, minlength=n_pos)
-        starts = np.cumsum(counts) - counts
-        params = np.empty((n_pos, 6))
-        minv = np.full((n_pos, 3, 3), np.nan)
-        n_peaks = np.zeros(n_pos, dtype=np.int64)
-        wss, rss = np.zeros(n_pos), np.zeros(n_pos)
-        ok = np.zeros(n_pos, dtype=bool)
-        fit_segments(
-            qx,
-            qy,
-            w0,
-            starts,
-            counts,
-            np.ascontiguousarray(origin0),
-            np.ascontiguousarray(g0),
-            float(tolerance),
-            bool(robust),
-            int(n_iter),
-            params,
-            minv,
-            n_peaks,
-            wss,
-            rss,
-            ok,
-        )
-        inv = np.einsum("pab,ij->paibj", minv, np.eye(2)).reshape(n_pos, 6, 6)
-        return _finish(params, inv, ok, n_peaks, wss, rss, min_peaks)
+    out = fit_csr(qx, qy, w0, pos, n_pos, origin0, g0, tolerance, robust, n_iter, min_peaks)
+    if out is not None:  # CSR order: the numba kernel
+        return out
     return _fit_lattice_numpy(
         qx, qy, w0, pos, n_pos, origin0, g0, tolerance, robust, n_iter, min_peaks
     )

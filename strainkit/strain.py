@@ -10,8 +10,10 @@ through the analytic Jacobian ``dF = −G⁻ᵀ dGᵀ F`` (the reference is take
 In Å⁻¹, the real lattice ``A = G⁻ᵀ`` gives ``a = |a1|``, ``b = |a2|`` (Å) and the angle
 γ between a1 and a2.
 
-The pure function :func:`strain_from_lattice` does the work, vectorised over positions;
-:class:`StrainCalculator` learns the reference and calls it.
+The pure function :func:`strain_from_lattice` does the work, in one numba pass over
+positions (:mod:`strainkit._strainfast`; the vectorised numpy version is kept as the
+reference, ``_strain_from_lattice_numpy``); :class:`StrainCalculator` learns the reference
+and runs the same kernel on the lattice map's arrays, masked positions included.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from strainkit._geometry import (
     rotation_matrix,
     strain_from_deformation,
 )
+from strainkit._strainfast import ROWS, median_lattice, strain_rows
 from strainkit.containers import LatticeMap, StrainMap
 
 __all__ = ["StrainCalculator", "reference_lattice", "strain_from_lattice"]
@@ -94,6 +97,64 @@ def strain_from_lattice(
     >>> strain_from_lattice(np.diag([1 / 1.01, 1.0])[None], g0, frame_angle_deg=90)["eyy"]
     array([0.01])
     """
+    g = np.asarray(g, float)
+    if g.ndim != 3 or g.shape[1:] != (2, 2):
+        raise ValueError(f"strain_from_lattice: g must have shape (n, 2, 2), got {g.shape}")
+    n = g.shape[0]
+    cov = None
+    if covariance is not None:
+        cov = np.asarray(covariance, float)
+        if cov.shape != (n, 4, 4):
+            raise ValueError(
+                f"strain_from_lattice: covariance must have shape ({n}, 4, 4), got {cov.shape}"
+            )
+    out = _strain_rows(
+        np.ascontiguousarray(g[:, :, 0]),
+        np.ascontiguousarray(g[:, :, 1]),
+        np.ones(n, dtype=bool),
+        g0,
+        cov,
+        0,
+        frame_angle_deg,
+        lattice_parameters,
+    )
+    return {name: row.copy() for name, row in out.items()}
+
+
+def _strain_rows(g1, g2, valid, g0, cov, offset, frame_angle_deg, lattice_parameters):
+    """Run the kernel: a dict of read-only rows (n,) named as ``ROWS``, NaN where invalid.
+
+    ``cov``: (n, m, m) or None, the covariance of (g1x, g1y, g2x, g2y) at ``offset``.
+    """
+    g0 = np.ascontiguousarray(g0, dtype=float)
+    if g0.shape != (2, 2):
+        raise ValueError(f"strain_from_lattice: g0 must have shape (2, 2), got {g0.shape}")
+    phi = np.deg2rad(float(frame_angle_deg))
+    has_cov = cov is not None
+    names = ROWS[:8] if has_cov else ROWS[:4]
+    if lattice_parameters:
+        names += ROWS[8:] if has_cov else ROWS[8:11]
+    if not has_cov:
+        cov = np.zeros((1, 4, 4))
+    out = np.empty((len(names), len(valid)))
+    c, s = float(np.cos(phi)), float(np.sin(phi))
+    singular = strain_rows(g1, g2, valid, g0, c, s, cov, offset, has_cov, out)
+    if singular:
+        raise np.linalg.LinAlgError(
+            f"strain_from_lattice: {singular} lattice(s) with g1, g2 collinear (singular G)"
+        )
+    out.flags.writeable = False
+    return dict(zip(names, out))
+
+
+def _strain_from_lattice_numpy(
+    g: np.ndarray,
+    g0: np.ndarray,
+    covariance: np.ndarray | None = None,
+    frame_angle_deg: float = 0.0,
+    lattice_parameters: bool = False,
+) -> dict[str, np.ndarray]:
+    """The vectorised numpy version of :func:`strain_from_lattice` (the kernel's reference)."""
     g = np.asarray(g, float)
     g0 = np.asarray(g0, float)
     r = rotation_matrix(np.deg2rad(frame_angle_deg))
@@ -224,7 +285,9 @@ class StrainCalculator(TransformerMixin, Estimator):
         if ref is None:
             if X.n_valid == 0:
                 raise ValueError(f"{name}: the lattice map has no valid position")
-            g0, n = reference_lattice(X.g[X.mask], statistic="median"), X.n_valid
+            n = X.mask.size  # = reference_lattice(X.g[X.mask], statistic="median")
+            g0 = median_lattice(X.g1.reshape(n, 2), X.g2.reshape(n, 2), X.mask.reshape(n))
+            n = X.n_valid
         elif isinstance(ref, LatticeMap):
             if ref.n_valid == 0:
                 raise ValueError(f"{name}: the reference LatticeMap has no valid position")
@@ -285,14 +348,18 @@ class StrainCalculator(TransformerMixin, Estimator):
                 f"{name}: the reference is in {self.units_!r} but the lattice map in {X.units!r}"
             )
         mask = X.mask
-        lattice = X.units == "A^-1"
-        cov = X.covariance[mask][:, _G_SLICE, _G_SLICE]
-        res = strain_from_lattice(X.g[mask], self.g0_, cov, p.frame_angle_deg, lattice)
-        fields = {}
-        for key, values in res.items():
-            full = np.full(mask.shape, np.nan)
-            full[mask] = values
-            fields[key] = full
+        n = mask.size
+        rows = _strain_rows(  # the kernel reads the map's arrays; NaN where not valid
+            X.g1.reshape(n, 2),
+            X.g2.reshape(n, 2),
+            mask.reshape(n),
+            self.g0_,
+            X.covariance.reshape(n, 6, 6),
+            _G_SLICE.start,
+            p.frame_angle_deg,
+            X.units == "A^-1",
+        )
+        fields = {key: row.reshape(mask.shape) for key, row in rows.items()}  # read-only
         return StrainMap(
             mask=mask,
             frame=X.frame,

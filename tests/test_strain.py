@@ -7,7 +7,7 @@ from sklearn.exceptions import NotFittedError
 import strainkit as sk
 from strainkit import simulate
 from strainkit.lattice import LatticeFitter
-from strainkit.strain import StrainCalculator, strain_from_lattice
+from strainkit.strain import StrainCalculator, reference_lattice, strain_from_lattice
 from tests.test_lattice import SIGMA1, synthetic_peaks
 
 
@@ -158,3 +158,74 @@ def test_save_load_round_trip(tmp_path, truth, noisy):
     np.testing.assert_array_equal(back.reference, truth.reference_mask)
     np.testing.assert_array_equal(back.g0_, calc.g0_)
     np.testing.assert_array_equal(back.transform(noisy).exx, calc.transform(noisy).exx)
+
+
+def random_lattice_map(units, seed=3, shape=(9, 7)):
+    """A LatticeMap of random lattices near 0.25 Å⁻¹, a quarter of its positions invalid."""
+    rng = np.random.default_rng(seed)
+    g = 0.25 * np.eye(2) + rng.normal(0, 0.01, shape + (2, 2))
+    a = rng.normal(size=shape + (6, 6))
+    cov = 1e-8 * a @ np.swapaxes(a, -1, -2)
+    mask = rng.random(shape) > 0.25
+    origin = rng.normal(0, 1e-3, shape + (2,))
+    residual = rng.uniform(0, 1e-3, shape)
+    for arr in (g, cov, origin, residual):
+        arr[~mask] = np.nan
+    lm = sk.LatticeMap(
+        origin=origin,
+        g1=g[..., 0],
+        g2=g[..., 1],
+        covariance=cov,
+        residual=residual,
+        n_peaks=np.where(mask, 20, 0),
+        mask=mask,
+        units=units,
+        frame="real",
+    )
+    return lm, g, cov, mask
+
+
+@pytest.mark.parametrize("units", ["A^-1", "px"])
+@pytest.mark.parametrize("angle", [0.0, 37.5])
+def test_fast_path_equals_the_numpy_reference(units, angle):
+    """StrainCalculator runs a numba kernel over all positions; numpy is the reference."""
+    from strainkit.strain import _strain_from_lattice_numpy
+
+    lm, g, cov, mask = random_lattice_map(units)
+    g0 = np.array([[0.251, 0.002], [-0.001, 0.249]])
+    s = StrainCalculator(reference=g0, frame_angle_deg=angle).fit(lm).transform(lm)
+    ref = _strain_from_lattice_numpy(g[mask], g0, cov[mask][:, 2:6, 2:6], angle, units == "A^-1")
+    np.testing.assert_array_equal(s.mask, mask)
+    assert (s.a is None) == (units == "px")
+    for key, values in ref.items():
+        field = getattr(s, key)
+        assert field.shape == mask.shape and np.isnan(field[~mask]).all(), key
+        np.testing.assert_allclose(field[mask], values, rtol=1e-11, atol=1e-14, err_msg=key)
+    # the pure function: the same kernel, every position valid
+    fast = strain_from_lattice(g[mask], g0, cov[mask][:, 2:6, 2:6], angle, units == "A^-1")
+    assert list(fast) == list(ref)
+    for key, values in ref.items():
+        np.testing.assert_allclose(fast[key], values, rtol=1e-11, atol=1e-14, err_msg=key)
+        assert fast[key].flags.writeable
+    no_cov = strain_from_lattice(g[mask], g0, None, angle, True)
+    ref_no_cov = _strain_from_lattice_numpy(g[mask], g0, None, angle, True)
+    assert (
+        list(no_cov)
+        == list(ref_no_cov)
+        == ["exx", "eyy", "exy", "theta_deg", "a", "b", "gamma_deg"]
+    )
+    for key, values in ref_no_cov.items():
+        np.testing.assert_allclose(no_cov[key], values, rtol=1e-11, atol=1e-14, err_msg=key)
+
+
+def test_median_reference_equals_reference_lattice():
+    lm, g, _, mask = random_lattice_map("A^-1", seed=4)
+    calc = StrainCalculator().fit(lm)
+    np.testing.assert_array_equal(calc.g0_, reference_lattice(g[mask], statistic="median"))
+    assert calc.n_reference_ == mask.sum()
+
+
+def test_singular_lattice_raises():
+    g = np.stack([np.eye(2), np.array([[1.0, 2.0], [1.0, 2.0]])])
+    with pytest.raises(np.linalg.LinAlgError, match="collinear"):
+        strain_from_lattice(g, np.eye(2))
