@@ -15,12 +15,12 @@ loads into gathers) and ``fastmath`` allows reassociating the sums (``reassoc`` 
 reference's to rounding.
 
 The median of the standardised residuals u (the IRLS scale) is selected on u² = w |r|²
-(sqrt is monotonic), from a guess: for the first iteration the previous position's median,
-with counts below thresholds around it, so that only the few values between the two
-thresholds that enclose the middle are sorted; later, the last iteration's median, which
-the count below it and its nearest neighbours (integer keys: the bits of non-negative
-doubles are in their order) usually give at once. Anything unusual (NaN, a negative
-weight, no usable guess) falls back to a full selection with the reference's NaN order.
+(sqrt is monotonic), by walking value by value (integer keys: the bits of non-negative
+doubles are in their order) from a guess: for the first iteration from the nearer of the
+thresholds around the previous position's median that enclose the middle; later from the
+last iteration's median, where the count below it and its nearest neighbours usually give
+the median at once. Anything unusual (NaN, a negative weight, no usable guess, a long
+walk) falls back to a full selection with the reference's NaN order.
 """
 
 from __future__ import annotations
@@ -138,44 +138,6 @@ def _sort_small(a, n):
             a[j + 1] = a[j]
             j -= 1
         a[j + 1] = v
-
-
-@numba.njit(cache=True, error_model="numpy")
-def _kth(a, n, k1, k2):
-    """The k1-th and k2-th (k2 = k1 or k1 + 1) smallest of ``a[:n]`` (reorders it)."""
-    if n <= 16:
-        _sort_small(a, n)
-        return a[k1], a[k2]
-    lo = _select(a, n, k1)
-    hi = lo
-    if k2 > k1:
-        hi = a[k1 + 1]
-        for i in range(k1 + 2, n):  # after the selection a[k1+1:] >= a[k1]: its minimum
-            hi = min(hi, a[i])
-    return lo, hi
-
-
-@numba.njit(cache=True, error_model="numpy", inline="always")
-def _bracketed(us, oks, c, k1, k2, buf, t0, t1, t2, t3, t4, t5, t6, n0, n1, n2, n3, n4, n5, n6):
-    """The k1-th and k2-th smallest indexed ``us`` (non-negative numbers).
-
-    ``n0..n6`` count the indexed values below the ascending thresholds ``t0..t6``: only
-    those between the two thresholds that enclose both ranks are collected and sorted.
-    """
-    lo, nlo = -1.0, 0
-    hi = np.inf
-    found_hi = False
-    for t, m in ((t0, n0), (t1, n1), (t2, n2), (t3, n3), (t4, n4), (t5, n5), (t6, n6)):
-        if m <= k1:
-            lo, nlo = t, m
-        elif m > k2 and not found_hi:
-            hi, found_hi = t, True
-    j = 0
-    for n in range(c):  # branchless: which side of a threshold a value lies is a coin toss
-        v = us[n]
-        buf[j] = v
-        j += oks[n] & (v >= lo) & ((v < hi) | (not found_hi))
-    return _kth(buf, j, k1 - nlo, k2 - nlo)
 
 
 @numba.njit(cache=True, error_model="numpy", inline="always")
@@ -347,8 +309,7 @@ def _fit_position(
         odd = 0  # indexed peaks of negative weight or NaN u²: the reference's way
         found = False
         if it == 0:
-            # the guess is the previous position's: count below 7 thresholds around it,
-            # then sort only the values between the two that enclose the middle
+            # the guess is the previous position's: count below 7 thresholds around it
             t3 = pivot
             t4, t2 = t3 * _STEP, t3 / _STEP
             t5, t1 = t4 * _STEP, t2 / _STEP
@@ -369,11 +330,20 @@ def _fit_position(
                 n6 += o & (v < t6)
                 odd += o & ((ws[n] < 0.0) | (v != v))
             if count > 0 and odd == 0 and pivot > 0.0 and pivot < np.inf:
-                a, b = _bracketed(
-                    us, oks, c, k1, k2, tmp,
-                    t0, t1, t2, t3, t4, t5, t6, n0, n1, n2, n3, n4, n5, n6,
-                )  # fmt: skip
-                found = True
+                # the nearest thresholds below and above the middle, and a walk from the
+                # nearer one (integer keys: the bits of non-negative doubles, in order)
+                lo, nlo, hi, nhi, bounded = -1.0, 0, np.inf, count, False
+                for t, m in ((t0, n0), (t1, n1), (t2, n2), (t3, n3), (t4, n4), (t5, n5), (t6, n6)):
+                    if m <= k1:
+                        lo, nlo = t, m
+                    elif m > k2 and not bounded:
+                        hi, nhi, bounded = t, m, True
+                if lo >= 0.0 and (k1 - nlo <= nhi - 1 - k2 or not bounded):
+                    ka, kb, found = _walk(keys, oks, c, k1, k2, nlo, np.float64(lo).view(np.int64))
+                else:
+                    ka, kb, found = _walk(keys, oks, c, k1, k2, nhi, np.float64(hi).view(np.int64))
+                a = np.int64(ka).view(np.float64)
+                b = np.int64(kb).view(np.float64)
         else:
             # the guess is the last median: count those below and find the nearest on
             # either side (as integer keys, the bits of non-negative doubles, in order):
