@@ -301,8 +301,13 @@ class _ScanMap(_Frozen):
                     f"{owner}: {name} must have shape {scan + tail} to match the mask, got "
                     f"{arr.shape}"
                 )
-            _check_finite(arr[mask], name, owner, where=" at valid positions")
-            if not np.isnan(arr[~mask]).all():
+            # bool arrays, not copies of the values: these maps can be large
+            flat = arr.reshape(mask.size, -1)
+            keep = mask.reshape(-1)
+            finite = np.isfinite(flat)
+            if not (finite.all() if keep.all() else finite[keep].all()):
+                _check_finite(arr[mask], name, owner, where=" at valid positions")
+            if not keep.all() and not np.isnan(flat[~keep]).all():
                 raise ValueError(
                     f"{owner}: {name} holds numbers at positions the mask marks invalid; set "
                     "them to NaN (missing data is explicit, never a silent value)"

@@ -475,9 +475,10 @@ def _weights(peaks: BraggPeaks, kind: str) -> np.ndarray:
     """Weights ∝ 1 / variance of each peak's position (see the noise model)."""
     if kind == "uniform":
         return np.ones(peaks.n_peaks)
-    inten = np.clip(np.asarray(peaks.intensity, float), 0.0, None)
-    mean = inten.mean() if inten.size and inten.mean() > 0 else 1.0
-    return inten / mean  # scaled once for the scan, so s² is comparable between positions
+    inten = np.maximum(np.asarray(peaks.intensity, float), 0.0)
+    mean = inten.mean() if inten.size else 0.0
+    inten /= mean if mean > 0 else 1.0  # once for the scan: s² compares between positions
+    return inten
 
 
 # ---------------------------------------------------------------------------- estimator
@@ -650,6 +651,8 @@ class LatticeFitter(TransformerMixin, Estimator):
             n_iter=p.n_iter,
             min_peaks=p.min_peaks,
         )
+        for value in out.values():  # fresh arrays: the map may keep them without copying
+            value.flags.writeable = False
         par = out["params"]
         return LatticeMap(
             origin=par[:, 0:2].reshape(*shape, 2),
