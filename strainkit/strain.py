@@ -364,6 +364,7 @@ class StrainCalculator(TransformerMixin, Estimator):
             mask=mask,
             frame=X.frame,
             frame_angle_deg=p.frame_angle_deg,
+            reference_g=self.g0_,
             metadata={"g0": self.g0_.tolist(), "units": X.units},
             **fields,
         )

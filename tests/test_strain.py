@@ -108,6 +108,16 @@ def test_references(truth, noisy):
     np.testing.assert_allclose(unweighted.g0_, mean, atol=1e-15)
 
 
+def test_strain_map_carries_its_reference_lattice(truth, noisy):
+    calc = StrainCalculator(reference=truth.G0).fit(noisy)
+    strain = calc.transform(noisy)
+    np.testing.assert_array_equal(strain.reference_g, truth.G0)
+    from strainkit.plot import plot_strain
+
+    labels = {t.get_text() for t in plot_strain(strain).axes[0].texts}
+    assert {"g1", "g2", "x", "y"} <= labels
+
+
 def test_masked_positions_stay_nan(truth):
     drop = np.zeros(truth.inside.shape, bool)
     drop[3, 3, :] = True
