@@ -194,41 +194,47 @@ def window_sums(win, kbank, g, acc, out):
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
-def fit_slope(rwin, fwin, floor, i, j, h, nx, ny, colok, out):
+def fit_slope(resid, frame, floor, i, j, h, out):
     """The local background plane into ``out``: slope along x, y (per px) and level.
 
     Returns False when the gaps are too few to tell. The plane is fitted to the residual
-    ``rwin`` (a window of half-width ``h`` around pixel (i, j)) over the gaps between
-    disks: pixels where the disk models (``fwin − rwin``) stay below ``floor``
-    (elsewhere the disks' Poisson noise and any error of their models would swamp the
-    background), on the detector, and whose mirror image through the window centre
+    ``resid`` (the frame less every disk's model) within ``h`` px of pixel (i, j), over
+    the gaps between disks: pixels where the disk models (``frame − resid``) stay below
+    ``floor`` (elsewhere the disks' Poisson noise and any error of their models would
+    swamp the background), on the detector, and whose mirror image through (i, j)
     qualifies too. The symmetric pairs make the fit blind to the background's
     curvature, which a symmetric kernel ignores anyway, so the slope comes out unbiased
     even when the gaps lie to one side; each pair is visited once, through the
-    difference (slope) and the sum (level) of its two residuals. The level is the mean
-    over the pairs (their centroid is the window centre); it cannot shift the maximum of
-    a disk wholly on the detector, but it does give the disk's background, which sets
-    its kernel (see :func:`refine_frame`). ``colok`` is scratch of length ``2h + 1``.
+    difference (slope) and the sum (level) of its two residuals, straight from the
+    images. The level is the mean over the pairs (their centroid is (i, j)); it cannot
+    shift the maximum of a disk wholly on the detector, but it does give the disk's
+    background, which sets its kernel (see :func:`refine_frame`).
     """
+    nx, ny = frame.shape
     n = 2 * h + 1
     floor32 = np.float32(floor)
-    for b in range(n):
-        y = j - h + b
-        colok[b] = 1.0 if 0 <= y < ny else 0.0
-    mirror_ok = colok[::-1]
+    # columns b (y = j − h + b) whose pixel and mirror both lie on the detector
+    b0 = max(0, h - j, j + h + 1 - ny)
+    b1 = min(n, ny - j + h, j + h + 1)
     suu = suv = svv = sru = srv = sr = count = 0.0
+    if b1 <= b0:
+        return False
+    y0 = j - h + b0  # first column of the row; its mirror runs backwards from j + h − b0
     for a in range(h + 1):
-        if not (0 <= i - h + a < nx and 0 <= i + h - a < nx):
+        x1, x2 = i - h + a, i + h - a
+        if not (0 <= x1 < nx and 0 <= x2 < nx):
             continue
         u = np.float32(a - h)
-        r1, f1 = rwin[a, :n], fwin[a, :n]
-        r2, f2 = rwin[n - 1 - a, :n][::-1], fwin[n - 1 - a, :n][::-1]
+        m = b1 - b0 if a < h else max(0, min(b1, h) - b0)  # the middle row pairs its halves
+        r1, f1 = resid[x1, y0 : y0 + m], frame[x1, y0 : y0 + m]
+        top = j + h - b0  # mirror of column b0
+        r2 = resid[x2, top - m + 1 : top + 1][::-1]
+        f2 = frame[x2, top - m + 1 : top + 1][::-1]
         s0 = s1 = s2 = sd = sdv = ss = np.float32(0.0)
-        for b in range(n if a < h else h):  # the middle row pairs its halves
-            ok = colok[b] * mirror_ok[b]
-            ok = ok if f1[b] - r1[b] <= floor32 else np.float32(0.0)
+        for b in range(m):
+            ok = np.float32(1.0) if f1[b] - r1[b] <= floor32 else np.float32(0.0)
             w = ok if f2[b] - r2[b] <= floor32 else np.float32(0.0)
-            v = np.float32(b - h)
+            v = np.float32(b0 + b - h)
             d = w * (r1[b] - r2[b])
             s0 += w
             s1 += w * v
@@ -326,8 +332,6 @@ def refine_frame(
     frame,
     resid,
     win,
-    rwin,
-    fwin,
     gap,
     n,
     n_refine,
@@ -366,9 +370,6 @@ def refine_frame(
     """
     nx, ny = frame.shape
     hs = max(SLOPE_HALF, h)
-    colok = np.empty(2 * hs + 1, np.float32)
-    srwin = np.empty((2 * hs + 1, 2 * hs + 1), np.float32)
-    sfwin = np.empty((2 * hs + 1, 2 * hs + 1), np.float32)
     plane = np.zeros(3)
     for sweep in range(sweeps):
         # The first sweep only sharpens the detection estimates, on the raw pattern: good
@@ -387,8 +388,7 @@ def refine_frame(
             dx, dy = pos[k, 0] - i, pos[k, 1] - j
             bank = pick_bank(floors, MODEL_ERROR * top * plateau, amp[k] * plateau)
             for _attempt in range(3):
-                load_window(resid, i, j, h, rwin)
-                win[:] = rwin
+                load_window(resid, i, j, h, win)
                 if not quick:
                     # The disk's own model goes back in. Off the detector it stands in for
                     # the missing pixels, so a clipped disk is refined against itself
@@ -396,18 +396,16 @@ def refine_frame(
                     add_model(win, tbank, dx, dy, h, h, h, amp[k])
                 c0 = cu = cv = 0.0
                 # the background matters for the final positions only
-                if gap > 0 and sweep == sweeps - 1:
-                    load_window(frame, i, j, hs, sfwin)
-                    load_window(resid, i, j, hs, srwin)
-                    if fit_slope(srwin, sfwin, gap * amp[k], i, j, hs, nx, ny, colok, plane):
-                        c0, cu, cv = plane[2], plane[0], plane[1]
-                        # the neighbours' model errors act as extra background,
-                        # in proportion to the brightest disk
-                        clutter = max(c0, MODEL_ERROR * top * plateau)
-                        bank = pick_bank(floors, clutter, amp[k] * plateau)
-                        if not (h <= i < nx - h and h <= j < ny - h):  # partly off the detector
-                            subtract_slope(win, c0, cu, cv, i, j, h, nx, ny)
-                            c0 = cu = cv = 0.0
+                last = gap > 0 and sweep == sweeps - 1
+                if last and fit_slope(resid, frame, gap * amp[k], i, j, hs, plane):
+                    c0, cu, cv = plane[2], plane[0], plane[1]
+                    # the neighbours' model errors act as extra background, in proportion
+                    # to the brightest disk
+                    clutter = max(c0, MODEL_ERROR * top * plateau)
+                    bank = pick_bank(floors, clutter, amp[k] * plateau)
+                    if not (h <= i < nx - h and h <= j < ny - h):  # partly off the detector
+                        subtract_slope(win, c0, cu, cv, i, j, h, nx, ny)
+                        c0 = cu = cv = 0.0
                 status = newton(
                     win, kbank[bank], kmom[bank], c0, cu, cv, dx, dy, acc, sums, result
                 )
@@ -477,8 +475,6 @@ def process_frames(
     resid = np.empty((nx, ny), np.float32)
     width = kbank.shape[4]
     win = np.empty((2 * h + 1, width), np.float32)
-    rwin = np.empty((2 * h + 1, width), np.float32)
-    fwin = np.empty((2 * h + 1, width), np.float32)
     acc = np.empty((6, width), np.float32)
     sums = np.empty(6, np.float64)
     result = np.empty(4, np.float64)
@@ -519,8 +515,6 @@ def process_frames(
                 frames[f],
                 resid,
                 win,
-                rwin,
-                fwin,
                 gap,
                 m,
                 strong,
