@@ -232,30 +232,37 @@ def _robust_limits(values: np.ndarray, symmetric: bool, percentile: float = 99.0
     return lo, hi
 
 
+def _arrow(ax, tail, vector, label: str, label_at: float, color: str, lw: float) -> None:
+    """An arrow from ``tail`` along ``(down, across)`` in axes fraction, labelled on the way.
+
+    +x (array axis 0) runs down the image and +y across, so the arrow head is at
+    ``tail + (across, −down)`` in axes fraction; the label sits ``label_at`` times as far.
+    """
+    down, across = vector
+    ax.annotate(
+        "",
+        xy=(tail[0] + across, tail[1] - down),
+        xytext=tail,
+        xycoords="axes fraction",
+        arrowprops=dict(arrowstyle="->", color=color, lw=lw),
+    )
+    ax.text(
+        tail[0] + label_at * across,
+        tail[1] - label_at * down,
+        label,
+        transform=ax.transAxes,
+        ha="center",
+        va="center",
+        fontsize="small",
+        color=color,
+        bbox=dict(boxstyle="round,pad=0.1", fc="w", ec="none", alpha=0.7),
+    )
+
+
 def _frame_arrows(ax, frame: str) -> None:
     """Arrows in the lower-left corner showing +x (down, array axis 0) and +y (across)."""
-    tail, length = (0.1, 0.3), 0.2
-    heads = {"x": (tail[0], tail[1] - length), "y": (tail[0] + length, tail[1])}
-    box = dict(boxstyle="round,pad=0.1", fc="w", ec="none", alpha=0.7)
-    for name, head in heads.items():
-        ax.annotate(
-            "",
-            xy=head,
-            xytext=tail,
-            xycoords="axes fraction",
-            arrowprops=dict(arrowstyle="->", color="k", lw=1.2),
-        )
-        offset = (0.0, -0.05) if name == "x" else (0.05, 0.0)
-        ax.text(
-            head[0] + offset[0],
-            head[1] + offset[1],
-            name,
-            transform=ax.transAxes,
-            ha="center",
-            va="center",
-            fontsize="small",
-            bbox=box,
-        )
+    _arrow(ax, (0.1, 0.3), (0.2, 0.0), "x", 1.25, "k", 1.2)
+    _arrow(ax, (0.1, 0.3), (0.0, 0.2), "y", 1.25, "k", 1.2)
     ax.text(0.02, 0.98, f"{frame} frame", transform=ax.transAxes, fontsize="x-small", va="top")
 
 
@@ -266,29 +273,8 @@ def _lattice_arrows(ax, reference_g: np.ndarray, frame_angle_deg: float) -> None
     rot = np.array([[np.cos(phi), np.sin(phi)], [-np.sin(phi), np.cos(phi)]])
     g = rot @ np.asarray(reference_g, float)
     g = g / np.abs(g).max() * 0.14
-    tail = (0.78, 0.22)
-    box = dict(boxstyle="round,pad=0.1", fc="w", ec="none", alpha=0.7)
     for col, (name, color) in enumerate((("g1", "tab:green"), ("g2", "tab:purple"))):
-        # +x runs down the image (array axis 0), +y across
-        head = (tail[0] + g[1, col], tail[1] - g[0, col])
-        ax.annotate(
-            "",
-            xy=head,
-            xytext=tail,
-            xycoords="axes fraction",
-            arrowprops=dict(arrowstyle="->", color=color, lw=1.4),
-        )
-        ax.text(
-            tail[0] + 1.3 * g[1, col],
-            tail[1] - 1.3 * g[0, col],
-            name,
-            transform=ax.transAxes,
-            ha="center",
-            va="center",
-            fontsize="small",
-            color=color,
-            bbox=box,
-        )
+        _arrow(ax, (0.78, 0.22), g[:, col], name, 1.3, color, 1.4)
 
 
 def plot_strain(strain_map, ax=None, kind: str = "strain"):
