@@ -33,7 +33,14 @@ __all__ = ["BraggPeaks", "DataCube", "LatticeMap", "PositionPeaks", "StrainMap"]
 
 
 class PositionPeaks(NamedTuple):
-    """The peaks at one scan position (read-only views into a ``BraggPeaks``)."""
+    """The peaks at one scan position (read-only views into a ``BraggPeaks``).
+
+    Examples
+    --------
+    >>> peaks = BraggPeaks([1.0, 2.0, 3.0], [0.0] * 3, [5.0] * 3, [1.0] * 3, [0, 1, 3], (1, 2))
+    >>> peaks[0, 1].qx
+    array([2., 3.])
+    """
 
     qx: np.ndarray
     qy: np.ndarray

@@ -107,7 +107,14 @@ def shifted_bank(image: np.ndarray, h: int, derivatives: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class DetectionPlan:
-    """Everything :func:`detect_block` needs, computed once per transform from the probe."""
+    """Everything :func:`detect_block` needs, computed once per transform from the probe.
+
+    Examples
+    --------
+    >>> plan = BraggDiskFinder(probe=ProbeTemplate.synthetic(6.0, 0.5, (64, 64))).plan()
+    >>> plan.shape, plan.bin, plan.floors.tolist() == list(POISSON_FLOORS)
+    ((64, 64), 2, True)
+    """
 
     shape: tuple[int, int]  # detector shape
     bin: int  # detection binning b
@@ -541,7 +548,16 @@ def _block_ranges(n: int, block: int) -> list[tuple[int, int]]:
 
 
 class BraggVectorMap(NamedTuple):
-    """A 2D histogram of peak positions: ``image[i, j]`` at ``(qx[i], qy[j])``."""
+    """A 2D histogram of peak positions: ``image[i, j]`` at ``(qx[i], qy[j])``.
+
+    Examples
+    --------
+    >>> from strainkit.containers import BraggPeaks
+    >>> peaks = BraggPeaks([0.0, 4.0], [0.0, 0.0], [1.0, 1.0], [1.0, 1.0], [0, 2], (1, 1))
+    >>> bvm = bragg_vector_map(peaks, upsample=1, extent=5.0)
+    >>> isinstance(bvm, BraggVectorMap), float(bvm.image.sum())
+    (True, 2.0)
+    """
 
     image: np.ndarray
     qx: np.ndarray
