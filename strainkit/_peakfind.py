@@ -27,14 +27,22 @@ GRID = 8  # tabulated subpixel shifts per px: δ = g / GRID − ½, g = 0..GRID
 def bin_frame(frame, b, out):
     """Sum ``b`` x ``b`` blocks of ``frame`` into ``out``."""
     nx, ny = out.shape
-    out[:] = 0.0
-    for i in range(nx * b):
-        row, dst = frame[i], out[i // b]
+    rows = np.empty(ny * b, frame.dtype)
+    for i in range(nx):
+        # the b rows first, whole rows at a time (vectorised), then the b columns
+        src = frame[i * b, : ny * b]
+        for y in range(ny * b):
+            rows[y] = src[y]
+        for k in range(1, b):
+            src = frame[i * b + k, : ny * b]
+            for y in range(ny * b):
+                rows[y] += src[y]
+        dst = out[i]
         for j in range(ny):
-            acc = np.float32(0.0)
-            for k in range(b):
-                acc += row[j * b + k]
-            dst[j] += acc
+            acc = rows[j * b]
+            for k in range(1, b):
+                acc += rows[j * b + k]
+            dst[j] = acc
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
