@@ -10,8 +10,6 @@ not vectorise ``range(lo, hi)`` with a non-zero start (measured: 8x slower).
 
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
 
@@ -323,15 +321,18 @@ def newton(win, kbank, kmom, c0, cu, cv, dx, dy, acc, sums, result):
 
 @numba.njit(cache=True, inline="always")
 def pick_bank(floors, level, plateau):
-    """The bank whose kernel floor is nearest (in log) to the disk's ``level / plateau``."""
+    """The bank whose kernel floor is nearest (in log) to the disk's ``level / plateau``.
+
+    ``floors`` ascend, so the nearest in log is the count of geometric midpoints
+    ``sqrt(floors[q] floors[q + 1])`` below the ratio (no logarithm needed).
+    """
     if not (level > 0.0 and plateau > 0.0) or len(floors) == 1:
         return 0
     ratio = level / plateau
-    best, dist = 0, 1e300
-    for q in range(len(floors)):
-        d = abs(math.log(floors[q] / ratio))
-        if d < dist:
-            best, dist = q, d
+    best = 0
+    for q in range(len(floors) - 1):
+        if ratio * ratio > floors[q] * floors[q + 1]:
+            best = q + 1
     return best
 
 
