@@ -140,7 +140,7 @@ def _sort_small(a, n):
         a[j + 1] = v
 
 
-@numba.njit(cache=True, error_model="numpy", inline="always")
+@numba.njit(cache=True, error_model="numpy")
 def _min_above(keys, oks, c, lo):
     """The smallest indexed key >= ``lo`` (``_BIG`` if none); vectorises."""
     m = _BIG
@@ -150,7 +150,7 @@ def _min_above(keys, oks, c, lo):
     return m
 
 
-@numba.njit(cache=True, error_model="numpy", inline="always")
+@numba.njit(cache=True, error_model="numpy")
 def _max_below(keys, oks, c, hi):
     """The largest indexed key < ``hi`` (-1 if none); vectorises."""
     m = -1
@@ -160,7 +160,7 @@ def _max_below(keys, oks, c, hi):
     return m
 
 
-@numba.njit(cache=True, error_model="numpy", inline="always")
+@numba.njit(cache=True, error_model="numpy")
 def _count_equal(keys, oks, c, key):
     e = 0
     for n in range(c):
@@ -168,7 +168,7 @@ def _count_equal(keys, oks, c, key):
     return e
 
 
-@numba.njit(cache=True, error_model="numpy", inline="always")
+@numba.njit(cache=True, error_model="numpy")
 def _walk(keys, oks, c, k1, k2, nb, pk):
     """The k1-th and k2-th smallest indexed keys, from ``nb`` of them below ``pk``.
 
@@ -225,7 +225,7 @@ def _median_u(us, oks, c, count, plain, tmp):
     return 0.5 * (tmp[k1] + tmp[k2]), np.nan
 
 
-@numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy", inline="always")
+@numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def _fit_position(
     qx, qy, w0, s, c, o, g, tolerance, robust, n_iter, hs, ks, ws, oks, us, keys, ue, tmp,
     out_p, out_i, guess,
