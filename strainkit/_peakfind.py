@@ -510,7 +510,7 @@ def process_frames(
         # every disk is modelled (so it can be taken out of its neighbours' windows);
         # those within ``edge`` of the detector's edge are not reported
         m = select(cand_v, cand_x, cand_y, n, 0.0, min_spacing * min_spacing, cap, keep)
-        strong = 0
+        strong = m - m  # an int64, not the literal 0 (which compiles refine_frame twice)
         for q in range(m):
             if cand_v[keep[q]] >= threshold:
                 strong = q + 1
