@@ -81,6 +81,33 @@ def _solve3(m00, m01, m02, m11, m12, m22, bx0, bx1, bx2, by0, by1, by2):
     )
 
 
+@numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _weighted_fit(qx, qy, hs, ks, w, c):
+    """Weighted least squares of ``q = o + h g1 + k g2`` over the first ``c`` peaks.
+
+    Accumulates the 3×3 normal equations (shared by x and y) and solves them with
+    :func:`_solve3`, whose tuple it returns.
+    """
+    m00 = m01 = m02 = m11 = m12 = m22 = 0.0
+    bx0 = bx1 = bx2 = by0 = by1 = by2 = 0.0
+    for n in range(c):
+        x, y, h, k, wn = qx[n], qy[n], hs[n], ks[n], w[n]
+        wh, wk = wn * h, wn * k
+        m00 += wn
+        m01 += wh
+        m02 += wk
+        m11 += wh * h
+        m12 += wh * k
+        m22 += wk * k
+        bx0 += wn * x
+        bx1 += wh * x
+        bx2 += wk * x
+        by0 += wn * y
+        by1 += wh * y
+        by2 += wk * y
+    return _solve3(m00, m01, m02, m11, m12, m22, bx0, bx1, bx2, by0, by1, by2)
+
+
 @numba.njit(cache=True, error_model="numpy")
 def _indexer(gxx, gyx, gxy, gyy, tolerance):
     """The inverse of the lattice (columns g1, g2) and the squared indexing distance."""
@@ -241,41 +268,22 @@ def _fit_position(
     ox, oy = o[0], o[1]
     gxx, gyx, gxy, gyy = g[0, 0], g[1, 0], g[0, 1], g[1, 1]
     a00, a01, a10, a11, lim2 = _indexer(gxx, gyx, gxy, gyy, tolerance)
-    m00 = m01 = m02 = m11 = m12 = m22 = 0.0
-    bx0 = bx1 = bx2 = by0 = by1 = by2 = 0.0
     for n in range(c):
-        x, y = qx[n], qy[n]
-        rx, ry = x - ox, y - oy
+        rx, ry = qx[n] - ox, qy[n] - oy
         h = np.rint(a00 * rx + a01 * ry)
         k = np.rint(a10 * rx + a11 * ry)
         dx = rx - (gxx * h + gxy * k)
         dy = ry - (gyx * h + gyy * k)
-        w = w0[n] * (dx * dx + dy * dy <= lim2)
-        wh, wk = w * h, w * k
-        m00 += w
-        m01 += wh
-        m02 += wk
-        m11 += wh * h
-        m12 += wh * k
-        m22 += wk * k
-        bx0 += w * x
-        bx1 += wh * x
-        bx2 += wk * x
-        by0 += w * y
-        by1 += wh * y
-        by2 += wk * y
-    r = _solve3(m00, m01, m02, m11, m12, m22, bx0, bx1, bx2, by0, by1, by2)
+        hs[n], ks[n], ws[n] = h, k, w0[n] * (dx * dx + dy * dy <= lim2)
+    r = _weighted_fit(qx, qy, hs, ks, ws, c)
     if r[0] and _finite6(r[1], r[2], r[3], r[4], r[5], r[6]):
         # index again against the position's own lattice
         ox, oy, gxx, gyx, gxy, gyy = r[1], r[2], r[3], r[4], r[5], r[6]
         a00, a01, a10, a11, lim2 = _indexer(gxx, gyx, gxy, gyy, tolerance)
     # ---- index (again): h, k and the weights; sums of the first (unweighted) IRLS fit
-    m00 = m01 = m02 = m11 = m12 = m22 = 0.0
-    bx0 = bx1 = bx2 = by0 = by1 = by2 = 0.0
     count = 0
     for n in range(c):
-        x, y = qx[n], qy[n]
-        rx, ry = x - ox, y - oy
+        rx, ry = qx[n] - ox, qy[n] - oy
         h = np.rint(a00 * rx + a01 * ry)
         k = np.rint(a10 * rx + a11 * ry)
         dx = rx - (gxx * h + gxy * k)
@@ -284,24 +292,11 @@ def _fit_position(
         w = w0[n] * good
         hs[n], ks[n], ws[n], oks[n], ue[n] = h, k, w, good, w
         count += good
-        wh, wk = w * h, w * k
-        m00 += w
-        m01 += wh
-        m02 += wk
-        m11 += wh * h
-        m12 += wh * k
-        m22 += wk * k
-        bx0 += w * x
-        bx1 += wh * x
-        bx2 += wk * x
-        by0 += w * y
-        by1 += wh * y
-        by2 += wk * y
+    r = _weighted_fit(qx, qy, hs, ks, ue, c)
     # ---- Huber IRLS: the scale is the median standardised residual distance u
     k1, k2 = (count - 1) // 2, count // 2
     pivot = guess[0]  # the median u² of the previous position's first iteration
     for it in range(n_iter if robust else 0):
-        r = _solve3(m00, m01, m02, m11, m12, m22, bx0, bx1, bx2, by0, by1, by2)
         # as the reference: the residuals of a failed fit use zeros
         c0, c1, c2, c3, c4, c5 = r[1], r[2], r[3], r[4], r[5], r[6]
         # u² = w |r|² (+ 0.0: no -0.0), and where the median of the indexed u² lies
@@ -387,28 +382,11 @@ def _fit_position(
         # operands' order keeps a NaN as np.minimum/np.maximum do
         use = math.isfinite(scale) and scale > _TINY
         inv_scale = 1.0 / max(scale, _TINY) if use else 0.0
-        m00 = m01 = m02 = m11 = m12 = m22 = 0.0
-        bx0 = bx1 = bx2 = by0 = by1 = by2 = 0.0
         for n in range(c):
             z = math.sqrt(us[n]) * inv_scale if use else 0.0
-            w = ws[n] * min(HUBER_C / max(z, _TINY), 1.0)
-            ue[n] = w
-            x, y, h, k = qx[n], qy[n], hs[n], ks[n]
-            wh, wk = w * h, w * k
-            m00 += w
-            m01 += wh
-            m02 += wk
-            m11 += wh * h
-            m12 += wh * k
-            m22 += wk * k
-            bx0 += w * x
-            bx1 += wh * x
-            bx2 += wk * x
-            by0 += w * y
-            by1 += wh * y
-            by2 += wk * y
+            ue[n] = ws[n] * min(HUBER_C / max(z, _TINY), 1.0)
+        r = _weighted_fit(qx, qy, hs, ks, ue, c)
     # ---- the final fit and its weighted and plain residual sums
-    r = _solve3(m00, m01, m02, m11, m12, m22, bx0, bx1, bx2, by0, by1, by2)
     if not r[0]:
         return False, count, 0.0, 0.0
     c0, c1, c2, c3, c4, c5 = r[1], r[2], r[3], r[4], r[5], r[6]
