@@ -410,8 +410,10 @@ class ProbeTemplate(Estimator):
         probe._set_template(disk_model(shape, center, radius, edge_width), 0, p)
         return probe
 
-    def build_kernel(self, kind: str | None = None, spacing: float | None = None) -> np.ndarray:
-        """A kernel of another kind or for another disk spacing, from the fitted template.
+    def build_kernel(
+        self, kind: str | None = None, spacing: float | None = None, floor: float = POISSON_FLOOR
+    ) -> np.ndarray:
+        """A kernel of another kind, disk spacing or Poisson floor, from the fitted template.
 
         Examples
         --------
@@ -429,4 +431,5 @@ class ProbeTemplate(Estimator):
             kind or p.kernel,
             spacing if spacing is not None else p.spacing,
             self.background_,
+            floor,
         )
