@@ -365,6 +365,6 @@ class StrainCalculator(TransformerMixin, Estimator):
             frame=X.frame,
             frame_angle_deg=p.frame_angle_deg,
             reference_g=self.g0_,
-            metadata={"g0": self.g0_.tolist(), "units": X.units},
+            metadata={"units": X.units},
             **fields,
         )
