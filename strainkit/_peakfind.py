@@ -54,25 +54,27 @@ def copy_run(typingctx, dst, dst_start, src, src_start, n):
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
-def bin_frame(frame, b, out):
-    """Sum ``b`` x ``b`` blocks of ``frame`` into ``out``."""
-    nx, ny = out.shape
-    rows = np.empty(ny * b, frame.dtype)
-    for i in range(nx):
-        # the b rows first, whole rows at a time (vectorised), then the b columns
-        src = frame[i * b, : ny * b]
-        for y in range(ny * b):
-            rows[y] = src[y]
-        for k in range(1, b):
-            src = frame[i * b + k, : ny * b]
+def bin_frames(frames, b, out):
+    """Sum ``b`` x ``b`` blocks of each frame into ``out`` (n, Qx // b, Qy // b)."""
+    nx, ny = out.shape[1], out.shape[2]
+    rows = np.empty(ny * b, frames.dtype)
+    for f in range(frames.shape[0]):
+        frame, binned = frames[f], out[f]
+        for i in range(nx):
+            # the b rows first, whole rows at a time (vectorised), then the b columns
+            src = frame[i * b, : ny * b]
             for y in range(ny * b):
-                rows[y] += src[y]
-        dst = out[i]
-        for j in range(ny):
-            acc = rows[j * b]
+                rows[y] = src[y]
             for k in range(1, b):
-                acc += rows[j * b + k]
-            dst[j] = acc
+                src = frame[i * b + k, : ny * b]
+                for y in range(ny * b):
+                    rows[y] += src[y]
+            dst = binned[i]
+            for j in range(ny):
+                acc = rows[j * b]
+                for k in range(1, b):
+                    acc += rows[j * b + k]
+                dst[j] = acc
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
@@ -436,6 +438,7 @@ def pick_bank(floors, level, plateau):
 def refine_frame(
     frame,
     scratch,
+    bounds,
     gap,
     n,
     n_refine,
@@ -482,11 +485,17 @@ def refine_frame(
         for k in range(n):
             top = max(top, amp[k])
         if not quick:
-            resid[:] = frame
+            flat_resid, flat_frame = resid.reshape(-1), frame.reshape(-1)
+            for t in range(flat_resid.shape[0]):  # one long loop: it vectorises
+                flat_resid[t] = flat_frame[t]
             for k in range(n):
                 i, j = round(pos[k, 0]), round(pos[k, 1])
                 add_model(resid, tbank, pos[k, 0] - i, pos[k, 1] - j, i, j, h, -amp[k], buf)
         for k in range(n_refine):
+            if not quick and not (
+                bounds[0] <= pos[k, 0] <= bounds[1] and bounds[2] <= pos[k, 1] <= bounds[3]
+            ):
+                continue  # modelled for its neighbours' sake, but too near the edge to report
             i, j = round(pos[k, 0]), round(pos[k, 1])
             dx, dy = pos[k, 0] - i, pos[k, 1] - j
             bank = pick_bank(floors, MODEL_ERROR * top * plateau, amp[k] * plateau)
@@ -587,6 +596,15 @@ def process_frames(
     pos = np.empty((cap, 2), np.float64)
     amp = np.empty(cap, np.float64)
     qual = np.empty(cap, np.float64)
+    # where a disk may be reported (positions are relative to ``offset``), 1 px wider
+    bounds = np.array(
+        [
+            edge - offset[0] - 1.0,
+            nx - 1 - edge - offset[0] + 1.0,
+            edge - offset[1] - 1.0,
+            ny - 1 - edge - offset[1] + 1.0,
+        ]
+    )
     hs = max(SLOPE_HALF, h)
     scratch = (
         np.empty((nx, ny), np.float32),  # frame less the disk models
@@ -636,6 +654,7 @@ def process_frames(
             refine_frame(
                 frames[f],
                 scratch,
+                bounds,
                 gap,
                 m,
                 strong,

@@ -286,8 +286,7 @@ def detect_block(frames: np.ndarray, plan: DetectionPlan) -> tuple[np.ndarray, n
         np.copyto(w, frames[s : s + _CHUNK], casting="unsafe")
         if b > 1:
             coarse = binned[: len(w)]
-            for f in range(len(w)):
-                pf.bin_frame(w[f], b, coarse[f])
+            pf.bin_frames(w, b, coarse)
         else:
             coarse = w
         spec = sfft.rfft2(coarse)
