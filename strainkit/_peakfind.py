@@ -175,15 +175,15 @@ def load_window(frame, i, j, h, win):
     lo, hi = max(0, h - j), min(n, ny - j + h)  # the columns on the detector
     for a in range(n):
         x = i - h + a
-        row = win[a * n : a * n + n]
         if x < 0 or x >= nx or hi <= lo:
-            row[:] = 0.0
-            continue
-        copy_run(win, a * n + lo, frame, x * ny + j - h + lo, hi - lo)
-        for b in range(lo):
-            row[b] = 0.0
-        for b in range(hi, n):
-            row[b] = 0.0
+            lo_a, hi_a = n, n  # the whole row is off the detector
+        else:
+            copy_run(win, a * n + lo, frame, x * ny + j - h + lo, hi - lo)
+            lo_a, hi_a = lo, hi
+        for b in range(lo_a):
+            win[a * n + b] = 0.0
+        for b in range(hi_a, n):
+            win[a * n + b] = 0.0
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -240,19 +240,17 @@ def add_model_window(win, tbank, dx, dy, scale):
     ex = np.float32(scale * (dx - ox))
     ey = np.float32(scale * (dy - oy))
     s = np.float32(scale)
-    t0, t1, t2 = tbank[g, 0], tbank[g, 1], tbank[g, 2]
-    for t in range(win.shape[0]):
-        win[t] += s * t0[t] + ex * t1[t] + ey * t2[t]
+    for t in range(win.shape[0]):  # indexing, not views: a view costs a reference count
+        win[t] += s * tbank[g, 0, t] + ex * tbank[g, 1, t] + ey * tbank[g, 2, t]
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def window_sums(win, kbank, g, lo, hi, out):
     """Correlations ``lo:hi`` of (value, ∂x, ∂y, ∂xx, ∂xy, ∂yy) of a window with entry g."""
     for c in range(lo, hi):
-        k = kbank[g, c]
         s = np.float32(0.0)
         for t in range(win.shape[0]):  # one contiguous dot product: it vectorises
-            s += win[t] * k[t]
+            s += win[t] * kbank[g, c, t]
         out[c] = s
 
 
@@ -265,19 +263,18 @@ def load_pair(resid, frame, i, j, h, wr, wf):
     lo, hi = max(0, h - j), min(n, ny - j + h)  # the columns on the detector
     for a in range(n):
         x = i - h + a
-        row_r, row_f = wr[a * n : a * n + n], wf[a * n : a * n + n]
         if x < 0 or x >= nx or hi <= lo:
-            row_r[:] = 0.0
-            row_f[:] = np.inf
-            continue
-        copy_run(wr, a * n + lo, resid, x * ny + j - h + lo, hi - lo)
-        copy_run(wf, a * n + lo, frame, x * ny + j - h + lo, hi - lo)
-        for b in range(lo):
-            row_r[b] = 0.0
-            row_f[b] = np.inf
-        for b in range(hi, n):
-            row_r[b] = 0.0
-            row_f[b] = np.inf
+            lo_a, hi_a = n, n  # the whole row is off the detector
+        else:
+            copy_run(wr, a * n + lo, resid, x * ny + j - h + lo, hi - lo)
+            copy_run(wf, a * n + lo, frame, x * ny + j - h + lo, hi - lo)
+            lo_a, hi_a = lo, hi
+        for b in range(lo_a):
+            wr[a * n + b] = 0.0
+            wf[a * n + b] = np.inf
+        for b in range(hi_a, n):
+            wr[a * n + b] = 0.0
+            wf[a * n + b] = np.inf
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
@@ -308,10 +305,9 @@ def fit_slope(resid, frame, floor, i, j, h, wr, wf, uv, out):
     fl = np.float32(floor)
     one, zero = np.float32(1.0), np.float32(0.0)
     c = suu = suv = svv = sru = srv = sr = zero
-    us, vs = uv[0], uv[1]
     for t in range(size // 2):
-        m = size - 1 - t
-        u, v = us[t], vs[t]
+        m = np.uint64(size - 1 - t)  # unsigned: no wraparound test, so it vectorises
+        u, v = uv[0, t], uv[1, t]
         w = one if (wf[t] - wr[t] <= fl) & (wf[m] - wr[m] <= fl) else zero
         d = w * (wr[t] - wr[m])
         c += w
@@ -336,9 +332,8 @@ def fit_slope(resid, frame, floor, i, j, h, wr, wf, uv, out):
 def subtract_slope(win, c0, cu, cv, i, j, uv, nx, ny):
     """win -= c0 + cu (x − i) + cv (y − j) on the detector's pixels; ``uv`` holds the
     window offsets (x − i, y − j) of each flat index."""
-    us, vs = uv[0], uv[1]
     for t in range(win.shape[0]):
-        u, v = us[t], vs[t]
+        u, v = uv[0, t], uv[1, t]
         x, y = i + u, j + v
         on = (x >= 0) & (x < nx) & (y >= 0) & (y < ny)
         win[t] -= (c0 + cu * u + cv * v) if on else 0.0
@@ -377,7 +372,9 @@ def newton(win, kbank, kmom, hexp, c0, cu, cv, dx, dy, exact, sums, result):
         det = cxx * cyy - cxy * cxy
         ex = -(cyy * cx - cxy * cy) / det
         ey = -(cxx * cy - cxy * cx) / det
-        done = abs(ex) <= cell and abs(ey) <= cell
+        # a rough estimate takes the first step as it is: from the detection's start it
+        # lands within a few hundredths of a px, all the neighbours' models need
+        done = (abs(ex) <= cell and abs(ey) <= cell) or not exact
         if done and exact:
             window_sums(win, kbank, g, 3, 6, sums)
             for q in range(3, 6):
