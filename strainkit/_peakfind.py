@@ -57,6 +57,14 @@ def copy_run(typingctx, dst, dst_start, src, src_start, n):
 def bin_frames(frames, b, out):
     """Sum ``b`` x ``b`` blocks of each frame into ``out`` (n, Qx // b, Qy // b)."""
     nx, ny = out.shape[1], out.shape[2]
+    if b == 2:  # the usual case, written out: 6x faster than the general loop
+        for f in range(frames.shape[0]):
+            frame, binned = frames[f], out[f]
+            for i in range(nx):
+                r1, r2, dst = frame[2 * i], frame[2 * i + 1], binned[i]
+                for j in range(ny):
+                    dst[j] = (r1[2 * j] + r1[2 * j + 1]) + (r2[2 * j] + r2[2 * j + 1])
+        return
     rows = np.empty(ny * b, frames.dtype)
     for f in range(frames.shape[0]):
         frame, binned = frames[f], out[f]
@@ -444,6 +452,7 @@ def refine_frame(
     kbank,
     kmom,
     hexp,
+    quick_bank,
     floors,
     phi0,
     kappa0,
@@ -471,13 +480,13 @@ def refine_frame(
     template's own correlation with that kernel).
     """
     nx, ny = frame.shape
-    resid, win, buf, wr, wf, uv, uvs, plane, sums, result = scratch
+    resid, win, winq, buf, wr, wf, uv, uvs, plane, sums, result = scratch
+    qbank, qexp, hq = quick_bank
     hs = max(SLOPE_HALF, h)
     for sweep in range(sweeps):
         # The first sweep only sharpens the detection estimates, on the raw pattern: good
         # enough to model the neighbours in the next (whose own errors barely matter).
         quick = sweep == 0 and sweeps > 1
-        source = frame if quick else resid
         top = 0.0
         for k in range(n):
             top = max(top, amp[k])
@@ -497,12 +506,22 @@ def refine_frame(
             dx, dy = pos[k, 0] - i, pos[k, 1] - j
             bank = pick_bank(floors, MODEL_ERROR * top * plateau, amp[k] * plateau)
             for _attempt in range(3):
-                load_window(source, i, j, h, win)
-                if not quick:
-                    # The disk's own model goes back in. Off the detector it stands in for
-                    # the missing pixels, so a clipped disk is refined against itself
-                    # rather than against zeros (which would pull it inwards).
-                    add_model_window(win, tbank, dx, dy, amp[k])
+                if quick:  # a first estimate, from the kernel's core in a smaller window
+                    load_window(frame, i, j, hq, winq)
+                    status = newton(
+                        winq, qbank[bank], kmom[bank], qexp[bank], 0.0, 0.0, 0.0, dx, dy,
+                        False, sums, result,
+                    )  # fmt: skip
+                    if status != 1:
+                        break
+                    i, j = i + round(result[0]), j + round(result[1])
+                    dx, dy = result[0] - round(result[0]), result[1] - round(result[1])
+                    continue
+                load_window(resid, i, j, h, win)
+                # The disk's own model goes back in. Off the detector it stands in for the
+                # missing pixels, so a clipped disk is refined against itself rather than
+                # against zeros (which would pull it inwards).
+                add_model_window(win, tbank, dx, dy, amp[k])
                 c0 = cu = cv = 0.0
                 # the background matters for the final positions only
                 last = gap > 0 and sweep == sweeps - 1
@@ -525,7 +544,7 @@ def refine_frame(
                     cv,
                     dx,
                     dy,
-                    not quick,
+                    True,
                     sums,
                     result,
                 )
@@ -559,6 +578,7 @@ def process_frames(
     kbank,
     kmom,
     hexp,
+    quick_bank,
     floors,
     phi0,
     kappa0,
@@ -606,6 +626,7 @@ def process_frames(
     scratch = (
         np.empty((nx, ny), np.float32),  # frame less the disk models
         np.empty((2 * h + 1) ** 2, np.float32),  # a disk's window
+        np.empty((2 * quick_bank[2] + 1) ** 2, np.float32),  # its quick sweep's window
         np.empty((2 * h + 1) ** 2, np.float32),  # a model's window
         np.empty((2 * hs + 1) ** 2, np.float32),  # residual and frame windows of
         np.empty((2 * hs + 1) ** 2, np.float32),  # the background fit
@@ -660,6 +681,7 @@ def process_frames(
                 kbank,
                 kmom,
                 hexp,
+                quick_bank,
                 floors,
                 phi0,
                 kappa0,

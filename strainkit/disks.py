@@ -125,6 +125,7 @@ class DetectionPlan:
     kbank: np.ndarray  # refinement kernel banks (n, 81, 6, (2h+1)²), one per floor
     kmom: np.ndarray  # their moments of order 0, x, y (n, 81, 3, 6), for plane removal
     hexp: np.ndarray  # a matching disk's curvature (xx, xy, yy) per unit value (n, 81, 3)
+    quick_bank: tuple  # (value and gradient kernels (n, 81, 3, (2hq+1)²), their hexp, hq)
     floors: np.ndarray  # the Poisson floor of each bank (n,), ascending
     tbank: np.ndarray  # template bank (81, 3, (2h+1)²), for deblending
     half: int  # h
@@ -215,6 +216,12 @@ def make_plan(probe: ProbeTemplate, kernel: np.ndarray, settings: dict) -> Detec
     # a disk's correlation curvature per unit of correlation value, at every shift
     match = np.einsum("gt,ngct->ngc", tbank[:, 0].astype(np.float64), kwin)
     hexp = match[:, :, 3:] / match[:, :, :1]
+    # the quick sweep's kernels: value and gradient, cropped to the disk and its edge
+    hq = min(h, math.ceil(probe.radius_ + 2 * probe.edge_width_))
+    core = np.arange(n * n).reshape(n, n)[h - hq : h + hq + 1, h - hq : h + hq + 1].ravel()
+    qbank = np.ascontiguousarray(kbank[:, :, :3, core])
+    qmatch = np.einsum("gt,ngct->ngc", tbank[:, 0, core].astype(np.float64), kwin[..., core])
+    qexp = qmatch[:, :, 3:] / qmatch[:, :, :1]
     kappa0 = -(kappa_sums[:, 3] + kappa_sums[:, 5]) / kappa_sums[:, 0]
     return DetectionPlan(
         shape=shape,
@@ -225,6 +232,7 @@ def make_plan(probe: ProbeTemplate, kernel: np.ndarray, settings: dict) -> Detec
         kbank=kbank,
         kmom=kmom,
         hexp=hexp,
+        quick_bank=(qbank, qexp, hq),
         floors=floors,
         tbank=tbank,
         half=h,
@@ -312,6 +320,7 @@ def detect_block(frames: np.ndarray, plan: DetectionPlan) -> tuple[np.ndarray, n
             plan.kbank,
             plan.kmom,
             plan.hexp,
+            plan.quick_bank,
             plan.floors,
             plan.phi0,
             plan.kappa0,
