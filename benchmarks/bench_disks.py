@@ -6,7 +6,7 @@ crystal), DFT subpixel refinement, on ``--jobs`` threads:
 * patterns/s of ``BraggDiskFinder.transform``;
 * patterns/s of the bare batched rFFT correlation of the same frames (the "FFT floor":
   ``rfft2``, multiply, ``irfft2``, float32, ``workers=2``; the best of several batch
-  sizes), and the ratio of the two;
+  sizes), and the ratio of the two, the finder and the floor timed in turn;
 * with ``--rss``, the peak resident memory of a process that loads a saved probe and
   runs the finder over a 256 x 256-position float32 scan read from an HDF5 file
   (4 GiB), block by block.
@@ -35,23 +35,17 @@ from strainkit.disks import BraggDiskFinder
 from strainkit.probe import ProbeTemplate
 
 
-def best_rate(fn, n_frames: int, repeat: int) -> float:
-    fn()  # warm up (numba compilation, FFT plans, caches)
-    best = min(_timed(fn) for _ in range(repeat))
-    return n_frames / best
-
-
 def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
 
 
-def fft_floor(frames: np.ndarray, kernel: np.ndarray, repeat: int) -> tuple[float, int]:
-    """Best patterns/s of the bare batched rFFT correlation, over batch sizes."""
+def fft_floor_runs(frames: np.ndarray, kernel: np.ndarray) -> dict:
+    """One run per batch size of the bare batched rFFT correlation of ``frames``."""
     spectrum = np.conj(sfft.rfft2(kernel)).astype(np.complex64)
     frames32 = frames.astype(np.float32)
-    results = {}
+    runs = {}
     for batch in (32, 64, 128, 256):
 
         def run(batch=batch):
@@ -60,9 +54,25 @@ def fft_floor(frames: np.ndarray, kernel: np.ndarray, repeat: int) -> tuple[floa
                 spec *= spectrum
                 sfft.irfft2(spec, s=kernel.shape, workers=2, overwrite_x=True)
 
-        results[batch] = best_rate(run, len(frames32), repeat)
-    batch = max(results, key=results.get)
-    return results[batch], batch
+        runs[batch] = run
+    return runs
+
+
+def interleaved_best(runs: dict, n_frames: int, repeat: int) -> dict:
+    """Best patterns/s of each run, timed in turn ``repeat`` times.
+
+    Taking the runs in turn rather than one after the other means a change in the
+    machine's speed during the benchmark (other tenants, clock) affects all of them
+    alike, so their ratio holds (measured: one after the other, the ratio moved by
+    ±0.1 between runs).
+    """
+    for fn in runs.values():
+        fn()  # warm up (numba compilation, FFT plans, caches)
+    best = {key: np.inf for key in runs}
+    for _ in range(repeat):
+        for key, fn in runs.items():
+            best[key] = min(best[key], _timed(fn))
+    return {key: n_frames / t for key, t in best.items()}
 
 
 def rss_worker(path: str, jobs: int) -> None:
@@ -102,7 +112,7 @@ def write_big_scan(path: Path, tile: np.ndarray, shape=(256, 256)) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--rss", action="store_true", help="also measure peak RSS (4 GiB file)")
     parser.add_argument("--rss-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -118,8 +128,11 @@ def main() -> None:
     cube = sk.DataCube(sim.data)
     frames = sim.data.reshape(-1, *sim.data.shape[2:])
     finder = BraggDiskFinder(probe=probe, n_jobs=args.jobs, progress=False)
-    finder_rate = best_rate(lambda: finder.transform(cube), cube.n_frames, args.repeat)
-    floor_rate, batch = fft_floor(frames, probe.kernel_, args.repeat)
+    runs = {"finder": lambda: finder.transform(cube), **fft_floor_runs(frames, probe.kernel_)}
+    rates = interleaved_best(runs, cube.n_frames, args.repeat)
+    finder_rate = rates.pop("finder")
+    batch = max(rates, key=rates.get)
+    floor_rate = rates[batch]
     print(f"scan 64x64 of 128x128 patterns, 49 disks, subpixel='dft', n_jobs={args.jobs}")
     print(f"  BraggDiskFinder      {finder_rate:8.0f} patterns/s")
     print(f"  FFT floor (batch {batch:3d}) {floor_rate:8.0f} patterns/s")

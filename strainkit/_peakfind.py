@@ -253,12 +253,13 @@ def add_model_window(win, tbank, dx, dy, scale):
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
-def window_sums(win, kbank, g, lo, hi, out):
-    """Correlations ``lo:hi`` of (value, ∂x, ∂y, ∂xx, ∂xy, ∂yy) of a window with entry g."""
+def window_sums(win, kbank, bank, g, lo, hi, out):
+    """Correlations ``lo:hi`` of (value, ∂x, ∂y, ∂xx, ∂xy, ∂yy) of a window with entry g
+    of bank ``bank`` (indexed, not sliced: a view would cost a reference count)."""
     for c in range(lo, hi):
         s = np.float32(0.0)
         for t in range(win.shape[0]):  # one contiguous dot product: it vectorises
-            s += win[t] * kbank[g, c, t]
+            s += win[t] * kbank[bank, g, c, t]
         out[c] = s
 
 
@@ -348,16 +349,16 @@ def subtract_slope(win, c0, cu, cv, i, j, uv, nx, ny):
 
 
 @numba.njit(cache=True, nogil=True)
-def newton(win, kbank, kmom, hexp, c0, cu, cv, dx, dy, exact, sums, result):
+def newton(win, kbank, kmom, hexp, bank, c0, cu, cv, dx, dy, exact, sums, result):
     """Maximum of the DFT-interpolated correlation of ``win`` near offset (dx, dy).
 
     A background plane (level c0, slope cu, cv) is taken out of the sums through the
-    bank's moments ``kmom[g, 0|1|2, c]`` (the correlations are linear in the window, so
+    bank's moments ``kmom[bank, g, 0|1|2, c]`` (the correlations are linear in the window, so
     this equals subtracting the plane from every pixel, at a fraction of the cost).
 
     Scoring steps from the nearest tabulated shift: the gradient is measured, the
     curvature is the one a disk of the measured strength would have (``value ×
-    hexp[g]``), so each step costs three correlations rather than six; the maximum is
+    hexp[bank, g]``), so each step costs three correlations rather than six; the maximum is
     the same (a zero of the gradient). Once a step stays within the tabulated cell,
     ``exact`` measures the curvature there too and takes the final step with it: the
     curvature of a real disk differs from the template's by a few per cent, which
@@ -370,13 +371,15 @@ def newton(win, kbank, kmom, hexp, c0, cu, cv, dx, dy, exact, sums, result):
     cell = 1.0 / GRID + 1e-6
     for _ in range(4):
         g, ox, oy = grid_entry(dx, dy)
-        window_sums(win, kbank, g, 0, 3, sums)
+        window_sums(win, kbank, bank, g, 0, 3, sums)
         for q in range(3):
-            sums[q] -= c0 * kmom[g, 0, q] + cu * kmom[g, 1, q] + cv * kmom[g, 2, q]
+            sums[q] -= (
+                c0 * kmom[bank, g, 0, q] + cu * kmom[bank, g, 1, q] + cv * kmom[bank, g, 2, q]
+            )
         c, cx, cy = sums[0], sums[1], sums[2]
         if not c > 0.0:
             return 2
-        cxx, cxy, cyy = c * hexp[g, 0], c * hexp[g, 1], c * hexp[g, 2]
+        cxx, cxy, cyy = c * hexp[bank, g, 0], c * hexp[bank, g, 1], c * hexp[bank, g, 2]
         det = cxx * cyy - cxy * cxy
         ex = -(cyy * cx - cxy * cy) / det
         ey = -(cxx * cy - cxy * cx) / det
@@ -384,9 +387,11 @@ def newton(win, kbank, kmom, hexp, c0, cu, cv, dx, dy, exact, sums, result):
         # lands within a few hundredths of a px, all the neighbours' models need
         done = (abs(ex) <= cell and abs(ey) <= cell) or not exact
         if done and exact:
-            window_sums(win, kbank, g, 3, 6, sums)
+            window_sums(win, kbank, bank, g, 3, 6, sums)
             for q in range(3, 6):
-                sums[q] -= c0 * kmom[g, 0, q] + cu * kmom[g, 1, q] + cv * kmom[g, 2, q]
+                sums[q] -= (
+                    c0 * kmom[bank, g, 0, q] + cu * kmom[bank, g, 1, q] + cv * kmom[bank, g, 2, q]
+                )
             cxx, cxy, cyy = sums[3], sums[4], sums[5]
             det = cxx * cyy - cxy * cxy
             if not (cxx < 0.0 and det > 0.0):
@@ -509,7 +514,7 @@ def refine_frame(
                 if quick:  # a first estimate, from the kernel's core in a smaller window
                     load_window(frame, i, j, hq, winq)
                     status = newton(
-                        winq, qbank[bank], kmom[bank], qexp[bank], 0.0, 0.0, 0.0, dx, dy,
+                        winq, qbank, kmom, qexp, bank, 0.0, 0.0, 0.0, dx, dy,
                         False, sums, result,
                     )  # fmt: skip
                     if status != 1:
@@ -536,9 +541,10 @@ def refine_frame(
                         c0 = cu = cv = 0.0
                 status = newton(
                     win,
-                    kbank[bank],
-                    kmom[bank],
-                    hexp[bank],
+                    kbank,
+                    kmom,
+                    hexp,
+                    bank,
                     c0,
                     cu,
                     cv,
