@@ -122,8 +122,8 @@ class DetectionPlan:
     spectrum: np.ndarray  # conj(rfft2(binned kernel)), complex64
     offset_b: np.ndarray  # binned kernel centre within ½ px of (0, 0)
     phi0_b: float  # binned template's correlation with the binned kernel
-    kbank: np.ndarray  # refinement kernel banks (n, 81, 6, (2h+1)²), one per floor
-    kmom: np.ndarray  # their moments of order 0, x, y (n, 81, 3, 6), for plane removal
+    kbank: np.ndarray  # kernel banks (value, ∂x, ∂y, Laplacian) (n, 81, 4, (2h+1)²), per floor
+    kmom: np.ndarray  # their moments of order 0, x, y (n, 81, 3, 4), for plane removal
     hexp: np.ndarray  # a matching disk's curvature (xx, xy, yy) per unit value (n, 81, 3)
     quick_bank: tuple  # (value and gradient kernels (n, 81, 3, (2hq+1)²), their hexp, hq)
     floors: np.ndarray  # the Poisson floor of each bank (n,), ascending
@@ -184,7 +184,7 @@ def make_plan(probe: ProbeTemplate, kernel: np.ndarray, settings: dict) -> Detec
     >>> probe = ProbeTemplate.synthetic(6.0, 0.5, (64, 64))
     >>> plan = make_plan(probe, probe.kernel_, {})
     >>> plan.bin, plan.kbank.shape
-    (2, (1, 81, 6, 361))
+    (2, (1, 81, 4, 289))
     """
     radius = probe.radius_
     shape = probe.template_.shape
@@ -199,7 +199,9 @@ def make_plan(probe: ProbeTemplate, kernel: np.ndarray, settings: dict) -> Detec
     if floors.shape != (len(kernels),) or (np.diff(floors) <= 0).any():
         raise ValueError(f"floors={floors.tolist()}: give one ascending floor per kernel")
     h = max(max(_half_width(k) for k in kernels), _half_width(template))
-    kbank = np.stack([shifted_bank(k, h, derivatives=2) for k in kernels])
+    full = np.stack([shifted_bank(k, h, derivatives=2) for k in kernels])
+    # value, gradient and Laplacian: the curvature's shape comes from the template
+    kbank = np.concatenate([full[:, :, :3], full[:, :, 3:4] + full[:, :, 5:6]], axis=2)
     tbank = shifted_bank(template, h, derivatives=1)
     n = 2 * h + 1
     u = np.repeat(np.arange(n) - h, n).astype(np.float64)  # x offset of each window pixel
@@ -213,16 +215,17 @@ def make_plan(probe: ProbeTemplate, kernel: np.ndarray, settings: dict) -> Detec
     phi0 = np.einsum("ij,nij->n", template, kernels)
     g0 = (pf.GRID // 2) * (pf.GRID + 1) + pf.GRID // 2  # δ = 0
     kappa_sums = np.einsum("t,nct->nc", tbank[g0, 0], kbank[:, g0])
+    full = full.astype(np.float64)
     # a disk's correlation curvature per unit of correlation value, at every shift
-    match = np.einsum("gt,ngct->ngc", tbank[:, 0].astype(np.float64), kwin)
+    match = np.einsum("gt,ngct->ngc", tbank[:, 0].astype(np.float64), full)
     hexp = match[:, :, 3:] / match[:, :, :1]
     # the quick sweep's kernels: value and gradient, cropped to the disk and its edge
     hq = min(h, math.ceil(probe.radius_ + 2 * probe.edge_width_))
     core = np.arange(n * n).reshape(n, n)[h - hq : h + hq + 1, h - hq : h + hq + 1].ravel()
     qbank = np.ascontiguousarray(kbank[:, :, :3, core])
-    qmatch = np.einsum("gt,ngct->ngc", tbank[:, 0, core].astype(np.float64), kwin[..., core])
+    qmatch = np.einsum("gt,ngct->ngc", tbank[:, 0, core].astype(np.float64), full[..., core])
     qexp = qmatch[:, :, 3:] / qmatch[:, :, :1]
-    kappa0 = -(kappa_sums[:, 3] + kappa_sums[:, 5]) / kappa_sums[:, 0]
+    kappa0 = -kappa_sums[:, 3] / kappa_sums[:, 0]
     return DetectionPlan(
         shape=shape,
         bin=b,
