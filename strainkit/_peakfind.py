@@ -4,8 +4,13 @@ Everything here works on one frame at a time with caller-provided scratch arrays
 that threads can run it side by side (``nogil``) without allocating in the hot loop.
 
 The loops are written for LLVM's vectoriser: branch-free ternaries rather than ``max``,
-and inner loops over whole (sliced) rows starting at 0, which it vectorises while it does
-not vectorise ``range(lo, hi)`` with a non-zero start (measured: 8x slower).
+inner loops over whole (sliced) rows starting at 0, which it vectorises while it does
+not vectorise ``range(lo, hi)`` with a non-zero start (measured: 8x slower), and windows
+copied out flat, so that the work on them is one long loop: a loop over a window's
+short rows (19–31 px) runs element by element, both because LLVM's vector loop needs
+more iterations and because it cannot rule out that the rows overlap. Indices that
+count down are unsigned, which spares numba's negative-index test; array views are
+avoided in the inner loops (each costs a reference count).
 """
 
 from __future__ import annotations

@@ -10,12 +10,15 @@ The work is a pure function of a block of frames (:func:`detect_block`):
    band-limited (DFT) interpolation of the full-resolution correlation of the pattern
    with the kernel, found exactly without upsampling any spectrum: the DFT-interpolated
    correlation at ``p + δ`` equals the pattern correlated with the kernel shifted by
-   ``δ`` through its Fourier series. Those shifted kernels and their first and second
-   derivatives are tabulated once on a 1/8 px grid, and Newton steps from the nearest
-   grid point find the maximum. Before that, the models of the other disks (the
-   template, scaled and shifted) and a local plane fitted around the disk are
-   subtracted, so that neither the overlapping tails of neighbouring disks nor a
-   background slope shift the maximum (two sweeps).
+   ``δ`` through its Fourier series. Those shifted kernels, their gradient and their
+   Laplacian are tabulated once on a 1/8 px grid, and scoring steps from the nearest
+   grid point find the maximum: the gradient is measured, the curvature is the
+   template's (scaled by the measured Laplacian for the last step). Before that, the
+   models of the other disks (the template, scaled and shifted) and a local plane
+   fitted around the disk are subtracted, so that neither the overlapping tails of
+   neighbouring disks nor a background slope shift the maximum. A first, quick sweep
+   on the raw pattern (the kernel's core, a 19 px window) places the models; the
+   second gives the positions.
 
 The default kernel, ``'poisson'``, weights the disk edge as the Poisson likelihood does
 (the log of the template), which brings the position error to about the Cramér–Rao bound.
