@@ -65,3 +65,29 @@ def test_background_plane_is_blind_to_curvature_and_to_the_disks():
     assert 4.0 < out[2] < 4.0 + 0.002 * h**2
     frame[:] = resid + 1000.0  # no gaps at all
     assert not pf.fit_slope(resid, frame, 1.0, i, j, h, wr, wf, pf.window_offsets(h), out)
+
+
+@pytest.mark.parametrize(
+    "shape, radius, tol",
+    [((37, 53), 3.0, 0.01), ((64, 64), 6.0, 0.01), ((33, 96), 8.5, 0.01), ((20, 24), 5.5, 0.2)],
+)
+def test_any_detector_shape_and_disks_over_the_edge(shape, radius, tol):
+    """Odd shapes (not binned), windows larger than the detector, disks cut by the edge:
+    the unchecked row copies stay inside, every output is finite, and the disk wholly
+    inside is found (exactly, unless the detector is too small to hold it clear of the
+    others: on 20 x 24 px the cut disks, never detected, overlap its window)."""
+    import strainkit as sk
+    from strainkit.probe import ProbeTemplate, disk_model
+
+    nx, ny = shape
+    inside = (nx / 2 + 0.3, ny / 2 - 0.2)
+    # edges 1 px wide: sharper ones alias, which pins a lone disk to the pixel grid
+    frame = 1000.0 * disk_model(shape, inside, radius, 1.0)
+    for center in [(-radius / 2, ny / 3), (nx + 1.0, 2.0), (nx / 3, ny - 1.5)]:
+        frame += 400.0 * disk_model(shape, center, radius, 1.0)
+    probe = ProbeTemplate.synthetic(radius, 1.0, shape)
+    peaks = sk.BraggDiskFinder(probe=probe, edge_boundary=0, progress=False).transform(
+        sk.DataCube(frame[None, None])
+    )
+    assert np.isfinite(np.stack([peaks.qx, peaks.qy, peaks.intensity, peaks.quality])).all()
+    assert np.hypot(peaks.qx - inside[0], peaks.qy - inside[1]).min() < tol
