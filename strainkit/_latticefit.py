@@ -117,6 +117,17 @@ def _indexer(gxx, gyx, gxy, gyy, tolerance):
 
 
 @numba.njit(cache=True, error_model="numpy")
+def _index(rx, ry, a00, a01, a10, a11, gxx, gyx, gxy, gyy):
+    """Nearest (h, k) of the offset (rx, ry) from the origin, and its squared distance
+    to h g1 + k g2 (``a..`` the lattice's inverse, from :func:`_indexer`)."""
+    h = np.rint(a00 * rx + a01 * ry)
+    k = np.rint(a10 * rx + a11 * ry)
+    dx = rx - (gxx * h + gxy * k)
+    dy = ry - (gyx * h + gyy * k)
+    return h, k, dx * dx + dy * dy
+
+
+@numba.njit(cache=True, error_model="numpy")
 def _finite6(a, b, c, d, e, f):
     return (
         math.isfinite(a)
@@ -269,12 +280,8 @@ def _fit_position(
     gxx, gyx, gxy, gyy = g[0, 0], g[1, 0], g[0, 1], g[1, 1]
     a00, a01, a10, a11, lim2 = _indexer(gxx, gyx, gxy, gyy, tolerance)
     for n in range(c):
-        rx, ry = qx[n] - ox, qy[n] - oy
-        h = np.rint(a00 * rx + a01 * ry)
-        k = np.rint(a10 * rx + a11 * ry)
-        dx = rx - (gxx * h + gxy * k)
-        dy = ry - (gyx * h + gyy * k)
-        hs[n], ks[n], ws[n] = h, k, w0[n] * (dx * dx + dy * dy <= lim2)
+        h, k, d2 = _index(qx[n] - ox, qy[n] - oy, a00, a01, a10, a11, gxx, gyx, gxy, gyy)
+        hs[n], ks[n], ws[n] = h, k, w0[n] * (d2 <= lim2)
     r = _weighted_fit(qx, qy, hs, ks, ws, c)
     if r[0] and _finite6(r[1], r[2], r[3], r[4], r[5], r[6]):
         # index again against the position's own lattice
@@ -283,12 +290,8 @@ def _fit_position(
     # ---- index (again): h, k and the weights; sums of the first (unweighted) IRLS fit
     count = 0
     for n in range(c):
-        rx, ry = qx[n] - ox, qy[n] - oy
-        h = np.rint(a00 * rx + a01 * ry)
-        k = np.rint(a10 * rx + a11 * ry)
-        dx = rx - (gxx * h + gxy * k)
-        dy = ry - (gyx * h + gyy * k)
-        good = dx * dx + dy * dy <= lim2
+        h, k, d2 = _index(qx[n] - ox, qy[n] - oy, a00, a01, a10, a11, gxx, gyx, gxy, gyy)
+        good = d2 <= lim2
         w = w0[n] * good
         hs[n], ks[n], ws[n], oks[n], ue[n] = h, k, w, good, w
         count += good

@@ -182,8 +182,8 @@ def parabola(m, c, p):
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
-def load_window(frame, i, j, h, win):
-    """win[a (2h+1) + b] = frame[i - h + a, j - h + b], zero outside the detector."""
+def load_window(frame, i, j, h, win, fill=0.0):
+    """win[a (2h+1) + b] = frame[i - h + a, j - h + b]; ``fill`` off the detector."""
     nx, ny = frame.shape
     n = 2 * h + 1
     lo, hi = max(0, h - j), min(n, ny - j + h)  # the columns on the detector
@@ -195,9 +195,9 @@ def load_window(frame, i, j, h, win):
             copy_run(win, a * n + lo, frame, x * ny + j - h + lo, hi - lo)
             lo_a, hi_a = lo, hi
         for b in range(lo_a):
-            win[a * n + b] = 0.0
+            win[a * n + b] = fill
         for b in range(hi_a, n):
-            win[a * n + b] = 0.0
+            win[a * n + b] = fill
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -270,29 +270,6 @@ def window_sums(win, kbank, bank, g, lo, hi, out):
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
-def load_pair(resid, frame, i, j, h, wr, wf):
-    """Flattened windows of ``resid`` and ``frame`` centred on pixel (i, j); off the
-    detector ``wr`` = 0 and ``wf`` = inf (a pixel no disk model can stay below)."""
-    nx, ny = frame.shape
-    n = 2 * h + 1
-    lo, hi = max(0, h - j), min(n, ny - j + h)  # the columns on the detector
-    for a in range(n):
-        x = i - h + a
-        if x < 0 or x >= nx or hi <= lo:
-            lo_a, hi_a = n, n  # the whole row is off the detector
-        else:
-            copy_run(wr, a * n + lo, resid, x * ny + j - h + lo, hi - lo)
-            copy_run(wf, a * n + lo, frame, x * ny + j - h + lo, hi - lo)
-            lo_a, hi_a = lo, hi
-        for b in range(lo_a):
-            wr[a * n + b] = 0.0
-            wf[a * n + b] = np.inf
-        for b in range(hi_a, n):
-            wr[a * n + b] = 0.0
-            wf[a * n + b] = np.inf
-
-
-@numba.njit(cache=True, nogil=True, fastmath=True)
 def fit_slope(resid, frame, floor, i, j, h, wr, wf, uv, out):
     """The local background plane into ``out``: slope along x, y (per px) and level.
 
@@ -316,7 +293,8 @@ def fit_slope(resid, frame, floor, i, j, h, wr, wf, uv, out):
     """
     n = 2 * h + 1
     size = n * n
-    load_pair(resid, frame, i, j, h, wr, wf)
+    load_window(resid, i, j, h, wr)
+    load_window(frame, i, j, h, wf, np.inf)  # a pixel no disk model can stay below
     fl = np.float32(floor)
     one, zero = np.float32(1.0), np.float32(0.0)
     c = suu = suv = svv = sru = srv = sr = zero
