@@ -448,20 +448,15 @@ def refine_frame(
     n_refine,
     pos,
     amp,
-    kbank,
-    kmom,
-    hexp,
-    quick_bank,
-    floors,
-    phi0,
-    kappa0,
-    plateau,
-    tbank,
-    h,
+    models,
     sweeps,
     quality,
 ):
     """Refine the first ``n_refine`` of the ``n`` disks ``pos`` (px), ``amp`` in place.
+
+    ``models`` holds the plan's tables (``DetectionPlan.models``): the kernel banks with
+    their moments and curvatures, the quick sweep's bank, the Poisson floors, φ0 and κ0
+    of each bank, the template's plateau, the template bank and the window half-width h.
 
     The first of two sweeps is quick: one scoring step per disk on the raw pattern, with
     the value and gradient of the kernel's core (``quick_bank``: kernels, their
@@ -485,6 +480,7 @@ def refine_frame(
     """
     nx, ny = frame.shape
     resid, win, winq, buf, wr, wf, uv, uvs, plane, sums, result = scratch
+    kbank, kmom, hexp, quick_bank, floors, phi0, kappa0, plateau, tbank, h = models
     qbank, qexp, hq = quick_bank
     hs = max(SLOPE_HALF, h)
     for sweep in range(sweeps):
@@ -580,16 +576,7 @@ def process_frames(
     min_spacing,
     max_peaks,
     mode,
-    kbank,
-    kmom,
-    hexp,
-    quick_bank,
-    floors,
-    phi0,
-    kappa0,
-    plateau,
-    tbank,
-    h,
+    models,
     gap,
     sweeps,
     out,
@@ -627,11 +614,12 @@ def process_frames(
             ny - 1 - edge - offset[1] + 1.0,
         ]
     )
+    h, hq = models[9], models[3][2]
     hs = max(SLOPE_HALF, h)
     scratch = (
         np.empty((nx, ny), np.float32),  # frame less the disk models
         np.empty((2 * h + 1) ** 2, np.float32),  # a disk's window
-        np.empty((2 * quick_bank[2] + 1) ** 2, np.float32),  # its quick sweep's window
+        np.empty((2 * hq + 1) ** 2, np.float32),  # its quick sweep's window
         np.empty((2 * h + 1) ** 2, np.float32),  # a model's window
         np.empty((2 * hs + 1) ** 2, np.float32),  # residual and frame windows of
         np.empty((2 * hs + 1) ** 2, np.float32),  # the background fit
@@ -683,16 +671,7 @@ def process_frames(
                 strong,
                 pos,
                 amp,
-                kbank,
-                kmom,
-                hexp,
-                quick_bank,
-                floors,
-                phi0,
-                kappa0,
-                plateau,
-                tbank,
-                h,
+                models,
                 sweeps,
                 qual,
             )

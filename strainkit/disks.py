@@ -147,6 +147,30 @@ class DetectionPlan:
     corr_power: float
     sweeps: int
 
+    @property
+    def models(self) -> tuple:
+        """What the refinement needs, as one tuple for the numba kernels: kbank, kmom,
+        hexp, quick_bank, floors, phi0, kappa0, plateau, tbank, half.
+
+        Examples
+        --------
+        >>> plan = BraggDiskFinder(probe=ProbeTemplate.synthetic(6.0, 0.5, (64, 64))).plan()
+        >>> len(plan.models), plan.models[-1] == plan.half
+        (10, True)
+        """
+        return (
+            self.kbank,
+            self.kmom,
+            self.hexp,
+            self.quick_bank,
+            self.floors,
+            self.phi0,
+            self.kappa0,
+            self.plateau,
+            self.tbank,
+            self.half,
+        )
+
 
 def _centred_template(probe: ProbeTemplate) -> np.ndarray:
     """The background-free template rolled so that its centre is within ½ px of (0, 0)."""
@@ -323,16 +347,7 @@ def detect_block(frames: np.ndarray, plan: DetectionPlan) -> tuple[np.ndarray, n
             plan.min_spacing,
             plan.max_peaks,
             plan.subpixel,
-            plan.kbank,
-            plan.kmom,
-            plan.hexp,
-            plan.quick_bank,
-            plan.floors,
-            plan.phi0,
-            plan.kappa0,
-            plan.plateau,
-            plan.tbank,
-            plan.half,
+            plan.models,
             plan.gap,
             plan.sweeps,
             out[s : s + len(w)],
