@@ -10,7 +10,7 @@ ratio, the mean bias; recall of disks with >= 1 % of the central beam's amplitud
 data; and the correlation of each disk's error with the intensity imbalance of its two
 neighbours along g1 (which a kernel reaching into the neighbours would show).
 
-Run: ``python benchmarks/accuracy_disks.py [--scan 24] [--kernel poisson]``
+Run: ``python benchmarks/accuracy_disks.py [--scan 24] [--kernel poisson] [--subpixel moment]``
 """
 
 from __future__ import annotations
@@ -76,11 +76,17 @@ def main() -> None:
     parser.add_argument("--scan", type=int, default=24)
     parser.add_argument("--kernel", default="poisson")
     parser.add_argument("--crb-positions", type=int, default=64)
+    parser.add_argument("--subpixel", default=None, help="the finder's subpixel (its default)")
     args = parser.parse_args()
-    print("reproduce: python benchmarks/accuracy_disks.py", f"--scan {args.scan}")
+    print(
+        "reproduce: python benchmarks/accuracy_disks.py",
+        f"--scan {args.scan} --kernel {args.kernel}",
+        f"--subpixel {args.subpixel}" if args.subpixel else "",
+    )
     vac = simulate.simulate_vacuum(scan_shape=(10, 10), seed=4)
     probe = ProbeTemplate(kernel=args.kernel).fit(sk.DataCube(vac.data))
-    finder = BraggDiskFinder(probe=probe, n_jobs=2, progress=False)
+    extra = {} if args.subpixel is None else {"subpixel": args.subpixel}
+    finder = BraggDiskFinder(probe=probe, n_jobs=2, progress=False, **extra)
 
     sim = simulate.simulate_crystal(scan_shape=(args.scan, args.scan), seed=11)
     peaks = finder.transform(sk.DataCube(sim.data))

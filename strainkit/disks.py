@@ -109,6 +109,37 @@ def shifted_bank(image: np.ndarray, h: int, derivatives: int) -> np.ndarray:
     return bank
 
 
+def aperture_bank(h: int, radius: float, offset=(0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+    """Soft circular apertures of ``radius`` px centred at each tabulated shift δ.
+
+    Positions in the refinement are kernel coordinates, the disk centre less the kernel's
+    ``offset`` (:func:`strainkit.probe.kernel_offset`): the aperture of entry δ is centred
+    on the pixel position δ + ``offset``, so that its centroid comes out in kernel
+    coordinates too.
+
+    Returns the bank (81, 3, (2h+1)²) of the weights ``W`` (1 inside, 0 beyond
+    ``radius + ½``, linear between) and ``(u − δx) W``, ``(v − δy) W`` over the flat
+    window, and their moments (81, 3, 3) of order 0, x and y (index [g, order, component])
+    for the removal of a background plane (see :func:`strainkit._peakfind.first_moment`).
+
+    Examples
+    --------
+    >>> bank, mom = aperture_bank(4, 2.0)
+    >>> bank.shape, mom.shape, round(float(bank[40, 0].sum()), 2)  # entry 40: δ = 0
+    ((81, 3, 81), (81, 3, 3), 13.11)
+    """
+    n = 2 * h + 1
+    u = np.repeat(np.arange(n) - h, n).astype(np.float64)
+    v = np.tile(np.arange(n) - h, n).astype(np.float64)
+    steps = np.arange(pf.GRID + 1) / pf.GRID - 0.5
+    dx = np.repeat(steps, len(steps))[:, None] + offset[0]
+    dy = np.tile(steps, len(steps))[:, None] + offset[1]
+    weight = np.clip(radius + 0.5 - np.hypot(u - dx, v - dy), 0.0, 1.0)
+    bank = np.stack([weight, (u - dx) * weight, (v - dy) * weight], axis=1)
+    mom = np.stack([bank.sum(-1), bank @ u, bank @ v], axis=1)
+    return bank.astype(np.float32), mom
+
+
 @dataclass(frozen=True)
 class DetectionPlan:
     """Everything :func:`detect_block` needs, computed once per transform from the probe.
@@ -146,17 +177,18 @@ class DetectionPlan:
     subpixel: int  # 0 none, 1 parabolic, 2 refined
     corr_power: float
     sweeps: int
+    moment: tuple  # (aperture bank, its moments, enabled) for subpixel='moment'
 
     @property
     def models(self) -> tuple:
         """What the refinement needs, as one tuple for the numba kernels: kbank, kmom,
-        hexp, quick_bank, floors, phi0, kappa0, plateau, tbank, half.
+        hexp, quick_bank, floors, phi0, kappa0, plateau, tbank, half, moment.
 
         Examples
         --------
         >>> plan = BraggDiskFinder(probe=ProbeTemplate.synthetic(6.0, 0.5, (64, 64))).plan()
-        >>> len(plan.models), plan.models[-1] == plan.half
-        (10, True)
+        >>> len(plan.models), plan.models[9] == plan.half
+        (11, True)
         """
         return (
             self.kbank,
@@ -169,6 +201,7 @@ class DetectionPlan:
             self.plateau,
             self.tbank,
             self.half,
+            self.moment,
         )
 
 
@@ -225,7 +258,11 @@ def make_plan(probe: ProbeTemplate, kernel: np.ndarray, settings: dict) -> Detec
     floors = np.asarray(settings.get("floors", [POISSON_FLOOR] * len(kernels)), float)
     if floors.shape != (len(kernels),) or (np.diff(floors) <= 0).any():
         raise ValueError(f"floors={floors.tolist()}: give one ascending floor per kernel")
+    aperture = settings.get("aperture")  # the first moment's aperture radius, or None
     h = max(max(_half_width(k) for k in kernels), _half_width(template))
+    if aperture is not None:
+        # the aperture, its soft edge and a shift of up to ½ px lie within the window
+        h = max(h, math.ceil(aperture + 1.0 + _MARGIN))
     full = np.stack([shifted_bank(k, h, derivatives=2) for k in kernels])
     # value, gradient and Laplacian: the curvature's shape comes from the template
     kbank = np.concatenate([full[:, :, :3], full[:, :, 3:4] + full[:, :, 5:6]], axis=2)
@@ -280,6 +317,10 @@ def make_plan(probe: ProbeTemplate, kernel: np.ndarray, settings: dict) -> Detec
         subpixel=int(settings.get("subpixel", 2)),
         corr_power=float(settings.get("corr_power", 1.0)),
         sweeps=int(settings.get("sweeps", 2)),
+        moment=(
+            *aperture_bank(h if aperture else 0, aperture or 0.0, kernel_offset(probe.center_)),
+            aperture is not None,
+        ),
     )
 
 
@@ -362,7 +403,7 @@ def detect_block(frames: np.ndarray, plan: DetectionPlan) -> tuple[np.ndarray, n
 # ---------------------------------------------------------------------------- estimator
 
 
-_SUBPIXEL = {"none": 0, "parabolic": 1, "dft": 2}
+_SUBPIXEL = {"none": 0, "parabolic": 1, "dft": 2, "moment": 2}
 # Poisson kernel floors (background / disk plateau) tabulated for the refinement: from the
 # probe's own 3 % (a bright disk) to a disk fainter than its background; one bank each.
 POISSON_FLOORS = (POISSON_FLOOR, 0.06, 0.12, 0.25, 0.5, 1.0)
@@ -414,7 +455,8 @@ class BraggDiskFinder(Estimator):
         probe: ProbeTemplate | None = None
         kernel: Literal["probe", "poisson", "flat", "zero_sum", "edge"] = "probe"
         spacing: pydantic.PositiveFloat | None = None
-        subpixel: Literal["dft", "parabolic", "none"] = "dft"
+        subpixel: Literal["moment", "dft", "parabolic", "none"] = "dft"
+        moment_margin: pydantic.NonNegativeFloat | None = None
         corr_power: float = pydantic.Field(1.0, ge=0, le=1)
         min_spacing: pydantic.PositiveFloat | None = None
         min_relative_intensity: float = pydantic.Field(0.005, ge=0, le=1)
@@ -492,7 +534,7 @@ class BraggDiskFinder(Estimator):
             kernel,
             {
                 # binned detection pays off only when each disk is refined afterwards
-                "bin": p.detect_bin or (None if p.subpixel == "dft" else 1),
+                "bin": p.detect_bin or (None if p.subpixel in ("dft", "moment") else 1),
                 "edge": p.edge_boundary
                 if p.edge_boundary is not None
                 else radius + 2 * probe.edge_width_,
@@ -501,6 +543,7 @@ class BraggDiskFinder(Estimator):
                 "min_spacing": p.min_spacing if p.min_spacing is not None else radius,
                 "max_peaks": p.max_peaks,
                 "subpixel": _SUBPIXEL[p.subpixel],
+                "aperture": _aperture(p, probe),
                 "corr_power": p.corr_power,
                 "sweeps": p.sweeps,
                 **({"floors": floors} if floors is not None else {}),
@@ -543,6 +586,14 @@ class BraggDiskFinder(Estimator):
             counts[start : start + len(cnt)] = cnt
             pieces.append(out[np.arange(out.shape[1])[None, :] < cnt[:, None]])
         return _assemble(pieces, counts, cube)
+
+
+def _aperture(p, probe: ProbeTemplate) -> float | None:
+    """The first moment's aperture radius: the disk, its edge and ``moment_margin``."""
+    if p.subpixel != "moment":
+        return None
+    margin = p.moment_margin if p.moment_margin is not None else max(3.0 * probe.edge_width_, 2.0)
+    return probe.radius_ + margin
 
 
 def _assemble(pieces: list[np.ndarray], counts: np.ndarray, cube: DataCube) -> BraggPeaks:

@@ -1,0 +1,478 @@
+"""Deterministic, cached multislice 4D-STEM data sets of strained crystals, with truth.
+
+Run with the interpreter of the abTEM environment (``bash benchmarks/setup_abtem_venv.sh``)::
+
+    benchmarks/.venv-abtem/bin/python benchmarks/multislice.py CASE [CASE ...] [--out DIR]
+
+abTEM 1.0.11 (GPL-3.0) is only *called* from here; strainkit never imports it. A case whose
+file(s) exist is skipped, so the directory is a cache; the same case always gives the same
+numbers (no random numbers, FFTW plans chosen by estimate instead of by timing).
+
+Physics
+-------
+The specimen is a crystal in zone-axis orientation, an orthogonal periodic supercell of
+15 x 15 projected cells with extent L x L in (x, y) and the beam along z. Si [001] uses the
+cell rotated by 45 degrees (x || [110], y || [-110], repeat a/sqrt(2) = 3.8403 A), so that
+the 220 reflections g1 || x and g2 || y are 30 px from the direct beam; SrTiO3 [001] has
+g1 = 100, g2 = 010 at 15 px. Each atom at its reference position r0 moves in-plane to
+r0 + u(r0), where u is the smooth displacement field in ``DISPLACEMENT`` (periodic over L
+in x and y, peak strains about 0.9 %, the same in every layer along z). Each unit cell
+along z is cut into slices that each hold one atomic plane (Si: a/4, SrTiO3: a/2), and the
+projected potential of a slice (Lobato parametrisation) is summed from the exact
+structure factor of its displaced atoms: abTEM's own ``Potential`` spreads an atom over
+four pixels, which at 0.15 A sampling bends the phases of the reflections by a few 0.01
+rad and so the strain by a few percent of itself. No frozen phonons (no thermal diffuse
+scattering), no inelastic scattering.
+
+abTEM then propagates a 200 kV probe (defocus 0, no aberrations, semi-angle 2.4 mrad
+unless the case says otherwise, abTEM's soft aperture edge) through the slices on a
+384 x 384 grid (0.15 A), band-limited to 2/3 of Nyquist (128 px, 56 mrad), for each
+probe position r_p = (i, j) * L / N of an N x N scan over the whole cell. The tilted case
+uses abTEM's scalar beam tilt, which tilts the propagator, not the incident wave: a
+specimen tilt, with the direct beam staying at the centre of the detector.
+
+The detector is the central 256 x 256 px of the far-field intensity, one pixel is
+1/L A^-1, array axis 0 is kx (along the scan's x, axis 0), axis 1 is ky, and pixel (i, j)
+has its centre at coordinate (i, j): the direct beam is centred on (128, 128).
+
+Truth. With the reference reciprocal basis g0 (rows g1, g2, in px), the local basis at a
+point r is G(r) = g0 F(r0)^-1 (rows), i.e. g_i = F^-T g0_i, where F = I + grad u is taken
+at the material point r0 that solves r0 + u(r0) = r (fixed-point iteration). The files
+store G at each probe position and its average over the incident probe intensity,
+sum_r |P(r - r_p)|^2 G(r) / sum_r |P|^2 on the simulation grid (periodic), which is what
+the intensity centroid of every disk measures in kinematic scattering.
+
+File format (HDF5, one file per case and thickness)
+---------------------------------------------------
+data            float32 (Rx, Ry, Qx, Qy): noise-free intensity, each pattern scaled to
+                sum 1 over the 256 x 256 detector before any crop, no detector blur.
+truth/g         float64 (Rx, Ry, 2, 2): probe-averaged local basis; [..., 0, :] = g1
+                (x, y), [..., 1, :] = g2, in px.
+truth/g_point   float64 (Rx, Ry, 2, 2): the local basis at the probe position.
+truth/origin    float64 (Rx, Ry, 2): centre of the 000 disk in px, in the stored array.
+truth/g0        float64 (2, 2): unstrained basis (rows g1, g2) in px.
+truth/hk        int64 (K, 2): (h, k) of every reflection h g1 + k g2 whose disk lies wholly
+                on the stored detector and holds >= 1e-4 of the mean pattern's intensity.
+Root attributes: kind="multislice", case, crystal, zone, thickness_A, energy_eV,
+semiangle_mrad, tilt_mrad (magnitude; tilt_xy_mrad gives x, y), dk_inv_A (A^-1 per px),
+disk_radius_px, scan_step_A (probe (i, j) at (i, j) * scan_step_A), cell_A (L), d_A and
+lattice_A (both [1/|g1|, 1/|g2|] in A for the unstrained crystal), displacement,
+generator, abtem_version, gpts, sampling_A, slice_thickness_A, frozen_phonons.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import abtem
+import dask
+import h5py
+import numpy as np
+from abtem.core.energy import energy2wavelength
+from abtem.integrals import ScatteringFactorProjectionIntegrals
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = REPO / "benchmarks" / ".cache" / "multislice"
+ENERGY = 200e3
+GPTS = 384
+DETECTOR = 256
+CELLS_XY = 15
+STRAIN = 0.0065
+DISPLACEMENT = (
+    "ux = e*L/(2*pi) * (sin(X) + sin(Y) + 0.4*cos(X + Y)); "
+    "uy = e*L/(2*pi) * (0.8*sin(Y) - sin(X) + 0.5*cos(X - Y)); "
+    f"X = 2*pi*x/L, Y = 2*pi*y/L, e = {STRAIN}, x, y, L in A"
+)
+
+
+@dataclass(frozen=True)
+class Crystal:
+    """A crystal in zone-axis orientation with an orthogonal projected cell.
+
+    Attributes
+    ----------
+    name, zone : str
+        Formula and beam direction.
+    repeat : float
+        Orthogonal repeat of the projected cell along x and y (A).
+    height : float
+        Repeat along the beam (A).
+    d : float
+        Spacing of the lattice planes of g1 and g2 (A).
+    sites : tuple
+        (symbol, fx, fy, slice) of each atom in the cell: fractional in-plane position and
+        the index of the slice holding its atomic plane.
+    slices : int
+        Slices per repeat along the beam.
+    """
+
+    name: str
+    zone: str
+    repeat: float
+    height: float
+    d: float
+    sites: tuple
+    slices: int
+
+    @property
+    def extent(self) -> float:
+        """The supercell's side L (A)."""
+        return CELLS_XY * self.repeat
+
+    @property
+    def g0(self) -> np.ndarray:
+        """Unstrained reciprocal basis, rows g1 and g2, in detector px."""
+        return np.eye(2) * self.extent / self.d
+
+
+A_SI = 5.431
+A_STO = 3.905
+CRYSTALS = {
+    "Si": Crystal(
+        "Si", "[001]", A_SI / np.sqrt(2), A_SI, A_SI / (2 * np.sqrt(2)),
+        (("Si", 0, 0, 0), ("Si", 0.5, 0, 1), ("Si", 0.5, 0.5, 2), ("Si", 0, 0.5, 3)),
+        4,
+    ),
+    "SrTiO3": Crystal(
+        "SrTiO3", "[001]", A_STO, A_STO, A_STO,
+        (("Sr", 0, 0, 0), ("O", 0.5, 0.5, 0), ("Ti", 0.5, 0.5, 1), ("O", 0.5, 0, 1),
+         ("O", 0, 0.5, 1)),
+        2,
+    ),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Case:
+    """One simulation: a crystal, its thickness(es) in unit cells and the optics.
+
+    ``file`` is the file name, formatted with the thickness in A (rounded) as ``t``;
+    ``folder`` is the default output folder relative to the repository.
+    """
+
+    crystal: str
+    cells: tuple
+    scan: int
+    file: str
+    semiangle: float = 2.4
+    tilt: tuple = (0.0, 0.0)
+    crop: int = DETECTOR
+    folder: str = "benchmarks/.cache/multislice"
+
+
+CASES = {
+    "si001_t54_s8_small": Case(
+        "Si", (10,), 8, "multislice_si001_8x8.h5", crop=160, folder="tests/data"
+    ),
+    "si001_t54_s32": Case("Si", (10,), 32, "si001_t54_s32.h5"),
+    "si001_series_s16": Case("Si", (10, 20, 40, 60, 90), 16, "si001_t{t}_s16.h5"),
+    "si001_tilt_s16": Case("Si", (10,), 16, "si001_tilt_s16.h5", tilt=(2.0, 0.0)),
+    "si001_a50_s16": Case("Si", (10,), 16, "si001_a50_s16.h5", semiangle=5.0),
+    "sto001_t39_s16": Case("SrTiO3", (10,), 16, "sto001_t39_s16.h5"),
+}
+
+
+def displacement_gradient(xy: np.ndarray, extent: float) -> tuple[np.ndarray, np.ndarray]:
+    """The displacement field ``DISPLACEMENT`` and its gradient.
+
+    Parameters
+    ----------
+    xy : ndarray, shape (..., 2)
+        Reference positions (A).
+    extent : float
+        The period L (A) in x and y.
+
+    Returns
+    -------
+    u : ndarray, shape (..., 2)
+        Displacement (A).
+    grad : ndarray, shape (..., 2, 2)
+        ``grad[..., i, j]`` = du_i / dx_j.
+    """
+    q = 2 * np.pi / extent
+    X, Y = q * xy[..., 0], q * xy[..., 1]
+    amp = STRAIN / q
+    u = amp * np.stack(
+        [
+            np.sin(X) + np.sin(Y) + 0.4 * np.cos(X + Y),
+            0.8 * np.sin(Y) - np.sin(X) + 0.5 * np.cos(X - Y),
+        ],
+        axis=-1,
+    )
+    dux = (np.cos(X) - 0.4 * np.sin(X + Y), np.cos(Y) - 0.4 * np.sin(X + Y))
+    duy = (-np.cos(X) - 0.5 * np.sin(X - Y), 0.8 * np.cos(Y) + 0.5 * np.sin(X - Y))
+    grad = STRAIN * np.stack([np.stack(dux, -1), np.stack(duy, -1)], -2)
+    return u, grad
+
+
+def local_basis(xy: np.ndarray, g0: np.ndarray, extent: float) -> np.ndarray:
+    """Local reciprocal basis G = g0 F(r0)^-1 at current positions ``xy``.
+
+    Parameters
+    ----------
+    xy : ndarray, shape (..., 2)
+        Current (deformed) positions (A).
+    g0 : ndarray, shape (2, 2)
+        Reference basis, rows g1 and g2.
+    extent : float
+        The period L (A).
+
+    Returns
+    -------
+    ndarray, shape (..., 2, 2)
+        Rows g1 and g2 of the local basis, in the units of ``g0``.
+    """
+    r0 = xy.copy()
+    for _ in range(12):  # contraction by |grad u| < 0.02: 1e-20 after 12 steps
+        r0 = xy - displacement_gradient(r0, extent)[0]
+    F = np.eye(2) + displacement_gradient(r0, extent)[1]
+    return g0 @ np.linalg.inv(F)
+
+
+def slice_potentials(crystal: Crystal, gpts: int) -> np.ndarray:
+    """Projected potential of each slice of one repeat along the beam.
+
+    The structure factor of the displaced atoms is summed exactly and multiplied by abTEM's
+    projected scattering factor (Lobato), which is what abTEM's ``Potential`` converges
+    to as its sampling is refined.
+
+    Parameters
+    ----------
+    crystal : Crystal
+        The crystal.
+    gpts : int
+        Grid points along x and y.
+
+    Returns
+    -------
+    ndarray, shape (crystal.slices, gpts, gpts), float32
+        Projected potential (abTEM's units, eV A).
+    """
+    L = crystal.extent
+    sampling = L / gpts
+    k = np.fft.fftfreq(gpts, sampling)
+    cells = np.stack(np.meshgrid(np.arange(CELLS_XY), np.arange(CELLS_XY), indexing="ij"), -1)
+    integrator = ScatteringFactorProjectionIntegrals(parametrization="lobato")
+    out = np.zeros((crystal.slices, gpts, gpts))
+    for symbol, fx, fy, index in crystal.sites:
+        r0 = (cells.reshape(-1, 2) + (fx, fy)) * crystal.repeat
+        xy = r0 + displacement_gradient(r0, L)[0]
+        ex = np.exp(-2j * np.pi * np.outer(xy[:, 0], k))
+        ey = np.exp(-2j * np.pi * np.outer(xy[:, 1], k))
+        structure = np.einsum("ak,al->kl", ex, ey)  # no BLAS: fixed summation order
+        f = integrator.get_scattering_factor(symbol, (gpts, gpts), (sampling,) * 2, "cpu")
+        out[index] += np.fft.ifft2(structure * f).real / sampling**2
+    return out.astype(np.float32)
+
+
+def make_probe(case: Case, extent: float) -> abtem.Probe:
+    """The incident probe of ``case`` on the simulation grid."""
+    return abtem.Probe(
+        energy=ENERGY,
+        semiangle_cutoff=case.semiangle,
+        tilt=case.tilt,
+        extent=extent,
+        gpts=GPTS,
+    )
+
+
+def probe_weight(probe: abtem.Probe) -> np.ndarray:
+    """Incident probe intensity centred on pixel (0, 0), normalised to sum 1."""
+    wave = probe.build(scan=abtem.CustomScan([(0.0, 0.0)]), lazy=False).array
+    intensity = np.abs(np.asarray(wave).reshape(GPTS, GPTS).astype(np.complex128)) ** 2
+    return intensity / intensity.sum()
+
+
+def scan_positions(n: int, extent: float) -> np.ndarray:
+    """Probe positions (n * n, 2) in A, x-major: position (i, j) is (i, j) * L / n."""
+    ij = np.stack(np.meshgrid(np.arange(n), np.arange(n), indexing="ij"), -1)
+    return ij.reshape(-1, 2) * extent / n
+
+
+def run_multislice(case: Case, crystal: Crystal, probe: abtem.Probe) -> np.ndarray:
+    """Diffraction patterns of every probe position at every exit plane.
+
+    Returns
+    -------
+    ndarray, shape (planes, N, N, DETECTOR, DETECTOR), float32
+        Each pattern scaled to sum 1 over the detector.
+    """
+    slices = slice_potentials(crystal, GPTS)
+    nz = max(case.cells)
+    potential = abtem.PotentialArray(
+        np.tile(slices, (nz, 1, 1)),
+        slice_thickness=crystal.height / crystal.slices,
+        extent=(crystal.extent,) * 2,
+        exit_planes=tuple(c * crystal.slices - 1 for c in case.cells),
+    )
+    scan = abtem.CustomScan(scan_positions(case.scan, crystal.extent))
+    detector = abtem.PixelatedDetector(max_angle="full")
+    patterns = probe.multislice(potential, scan=scan, detectors=detector, max_batch=8)
+    lo = GPTS // 2 - DETECTOR // 2
+    window = patterns.array[..., lo : lo + DETECTOR, lo : lo + DETECTOR]
+    with dask.config.set(scheduler="threads", num_workers=os.cpu_count()):
+        data = np.asarray(window.compute(), dtype=np.float64)
+    data = data.reshape(len(case.cells), case.scan, case.scan, DETECTOR, DETECTOR)
+    data /= data.sum(axis=(-2, -1), keepdims=True)
+    return data.astype(np.float32)
+
+
+def truth(case: Case, crystal: Crystal, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Probe-averaged and pointwise local bases at the scan positions.
+
+    Parameters
+    ----------
+    case, crystal
+        The simulation.
+    weight : ndarray, shape (GPTS, GPTS)
+        Probe intensity centred on pixel (0, 0), summing to 1.
+
+    Returns
+    -------
+    g, g_point : ndarray, shape (N, N, 2, 2)
+    """
+    L = crystal.extent
+    grid = scan_positions(GPTS, L).reshape(GPTS, GPTS, 2)
+    field = local_basis(grid, crystal.g0, L)
+    spectrum = np.fft.fft2(np.moveaxis(field, (0, 1), (-2, -1)))
+    averaged = np.fft.ifft2(np.conj(np.fft.fft2(weight)) * spectrum).real
+    step = GPTS // case.scan
+    g = np.moveaxis(averaged, (-2, -1), (0, 1))[::step, ::step]
+    positions = scan_positions(case.scan, L).reshape(case.scan, case.scan, 2)
+    return g, local_basis(positions, crystal.g0, L)
+
+
+def visible_reflections(
+    mean: np.ndarray, origin: np.ndarray, basis: np.ndarray, g0: np.ndarray, radius: float
+) -> np.ndarray:
+    """Indices (h, k) of the disks wholly on the detector with >= 1e-4 of the intensity.
+
+    Parameters
+    ----------
+    mean : ndarray, shape (Qx, Qy)
+        Mean pattern (scaled as the stored data).
+    origin : ndarray, shape (2,)
+        Centre of the 000 disk (px).
+    basis : ndarray, shape (..., 2, 2)
+        Local bases over the scan (px): a disk must fit at each of its positions.
+    g0 : ndarray, shape (2, 2)
+        Reference basis (px).
+    radius : float
+        Disk radius (px); 1 px is added for the soft edge.
+    """
+    n = int(np.ceil(max(mean.shape) / np.linalg.norm(g0, axis=1).min()))
+    hk = np.stack(np.meshgrid(np.arange(-n, n + 1), np.arange(-n, n + 1), indexing="ij"), -1)
+    hk = hk.reshape(-1, 2)
+    centres = origin + hk @ g0
+    shift = np.abs(hk @ (basis - g0).reshape(-1, 2, 2)).max(axis=0).max(axis=-1)
+    reach = radius + 1 + shift[:, None]
+    inside = np.all((centres - reach >= 0) & (centres + reach <= np.array(mean.shape) - 1), 1)
+    qx, qy = np.indices(mean.shape)
+    keep = []
+    for (h, k), c, ok in zip(hk, centres, inside):
+        disk = (qx - c[0]) ** 2 + (qy - c[1]) ** 2 <= (radius + 1) ** 2
+        if ok and mean[disk].sum() >= 1e-4:
+            keep.append((h, k))
+    return np.array(keep, dtype=np.int64).reshape(-1, 2)
+
+
+def write(path: Path, data: np.ndarray, datasets: dict, attrs: dict) -> None:
+    """Write one file atomically and reproducibly (no time stamps, fixed chunks)."""
+    tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(tmp, "w", track_order=False) as f:
+        f.create_dataset(
+            "data", data=data, chunks=(1, 1, *data.shape[2:]), compression="gzip",
+            compression_opts=4, shuffle=True, track_times=False,
+        )  # fmt: skip
+        for name, value in datasets.items():
+            f.create_dataset(name, data=value, track_times=False)
+        for name, value in attrs.items():
+            f.attrs[name] = value
+    os.replace(tmp, path)
+
+
+def output_paths(case: Case, out: Path | None) -> list[Path]:
+    """File of each thickness of ``case``."""
+    crystal = CRYSTALS[case.crystal]
+    folder = out if out is not None else REPO / case.folder
+    return [folder / case.file.format(t=round(c * crystal.height)) for c in case.cells]
+
+
+def run_case(name: str, out: Path | None) -> None:
+    """Simulate case ``name`` and write its file(s), unless they all exist."""
+    case = CASES[name]
+    crystal = CRYSTALS[case.crystal]
+    paths = output_paths(case, out)
+    if all(p.exists() for p in paths):
+        print(f"{name}: cached, {', '.join(map(str, paths))}")
+        return
+    start = time.perf_counter()
+    L = crystal.extent
+    probe = make_probe(case, L)
+    data = run_multislice(case, crystal, probe)
+    g, g_point = truth(case, crystal, probe_weight(probe))
+    lo = DETECTOR // 2 - case.crop // 2
+    data = data[..., lo : lo + case.crop, lo : lo + case.crop]
+    origin = np.full((case.scan, case.scan, 2), DETECTOR // 2 - lo, dtype=np.float64)
+    radius = case.semiangle * 1e-3 / energy2wavelength(ENERGY) * L
+    for cells, path, frames in zip(case.cells, paths, data):
+        mean = frames.mean((0, 1))
+        hk = visible_reflections(mean, origin[0, 0], g_point, crystal.g0, radius)
+        datasets = {
+            "truth/g": g, "truth/g_point": g_point, "truth/origin": origin,
+            "truth/g0": crystal.g0, "truth/hk": hk,
+        }  # fmt: skip
+        write(path, frames, datasets, attributes(name, case, crystal, cells, radius))
+    print(f"{name}: {time.perf_counter() - start:.0f} s, {', '.join(map(str, paths))}")
+
+
+def attributes(name: str, case: Case, crystal: Crystal, cells: int, radius: float) -> dict:
+    """Root attributes of a file (see the module docstring)."""
+    L = crystal.extent
+    return {
+        "kind": "multislice",
+        "case": name,
+        "crystal": crystal.name,
+        "zone": crystal.zone,
+        "thickness_A": cells * crystal.height,
+        "energy_eV": ENERGY,
+        "semiangle_mrad": case.semiangle,
+        "tilt_mrad": float(np.hypot(*case.tilt)),
+        "tilt_xy_mrad": np.array(case.tilt, dtype=np.float64),
+        "dk_inv_A": 1 / L,
+        "disk_radius_px": radius,
+        "scan_step_A": L / case.scan,
+        "cell_A": L,
+        "d_A": np.array([crystal.d, crystal.d]),
+        "lattice_A": np.array([crystal.d, crystal.d]),
+        "displacement": DISPLACEMENT,
+        "generator": "benchmarks/multislice.py",
+        "abtem_version": abtem.__version__,
+        "gpts": GPTS,
+        "sampling_A": L / GPTS,
+        "slice_thickness_A": crystal.height / crystal.slices,
+        "frozen_phonons": 0,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: simulate the named cases in turn."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("cases", nargs="+", choices=list(CASES), metavar="CASE")
+    parser.add_argument(
+        "--out", type=Path, default=None,
+        help=f"output folder (default {CACHE.relative_to(REPO)}/; the small case: tests/data/)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    abtem.config.set({"fftw.planning_effort": "FFTW_ESTIMATE", "diagnostics.progress_bar": False})
+    for name in args.cases:
+        run_case(name, args.out)
+
+
+if __name__ == "__main__":
+    main()
