@@ -45,25 +45,31 @@ def rmse(errors, index, order, which):
     return float(np.sqrt(np.mean(np.sum(e[o == which] ** 2, axis=1))))
 
 
-@pytest.fixture(scope="module")
-def noisy(probe):
+@pytest.fixture(scope="module", params=["moment", "dft"])
+def noisy(probe, request):
     """Default conditions: 2e5 e-/pattern, radius 6 px, 16 px spacing, ±20 % modulation,
-    4 % diffuse background, descan, ellipse 1.025, 1 px detector PSF."""
+    4 % diffuse background, descan, ellipse 1.025, 1 px detector PSF; each estimator."""
     sim = simulate.simulate_crystal(scan_shape=(8, 8), seed=11)
-    peaks = BraggDiskFinder(probe=probe, progress=False).transform(sk.DataCube(sim.data))
-    return sim, peaks
+    finder = BraggDiskFinder(probe=probe, subpixel=request.param, progress=False)
+    return sim, finder.transform(sk.DataCube(sim.data)), request.param
 
 
-def test_position_error_within_1_2x_the_cramer_rao_bound(noisy, bound):
-    sim, peaks = noisy
+# The correlation maximum reaches the bound on flat disks; the first moment weighs the
+# disk's interior too, which carries no information on a flat disk (measured 1.17-1.25x
+# with benchmarks/accuracy_disks.py).
+BOUND_FACTOR = {"dft": 1.2, "moment": 1.4}
+
+
+def test_position_error_near_the_cramer_rao_bound(noisy, bound):
+    sim, peaks, estimator = noisy
     errors, index = match(peaks, sim.truth)
     for order in (1, 2):
         measured = rmse(errors, index, sim.truth.order, order)
-        assert measured < 1.2 * bound[order], (order, measured, bound[order])
+        assert measured < BOUND_FACTOR[estimator] * bound[order], (order, measured)
 
 
 def test_recall_and_false_peaks(noisy):
-    sim, peaks = noisy
+    sim, peaks, _ = noisy
     _, index = match(peaks, sim.truth)
     amplitudes = sim.truth.amplitudes.reshape(len(index), -1)
     inside = sim.truth.inside.reshape(len(index), -1)
@@ -74,9 +80,11 @@ def test_recall_and_false_peaks(noisy):
     assert false / len(index) <= 0.01
 
 
-def test_noise_free_positions_are_exact(probe):
+@pytest.mark.parametrize("estimator", ["moment", "dft"])
+def test_noise_free_positions_are_exact(probe, estimator):
     sim = simulate.simulate_crystal(simulate.Microscope(dose=None), scan_shape=(2, 2), seed=5)
-    peaks = BraggDiskFinder(probe=probe, progress=False).transform(sim.data)
+    finder = BraggDiskFinder(probe=probe, subpixel=estimator, progress=False)
+    peaks = finder.transform(sim.data)
     errors, index = match(peaks, sim.truth)
     for order in (0, 1, 2):
         assert rmse(errors, index, sim.truth.order, order) <= 0.005
@@ -85,7 +93,7 @@ def test_noise_free_positions_are_exact(probe):
 def test_error_does_not_follow_the_neighbours_intensity(noisy):
     """The x error of a disk must not correlate with the intensity imbalance of its two
     neighbours along g1 (which would pull it toward the brighter one)."""
-    sim, peaks = noisy
+    sim, peaks, _ = noisy
     errors, index = match(peaks, sim.truth)
     hk = sim.truth.hk
     lookup = {tuple(v): i for i, v in enumerate(hk)}
@@ -106,8 +114,10 @@ def test_error_does_not_follow_the_neighbours_intensity(noisy):
 
 
 def test_threads_give_identical_bits(noisy, probe):
-    sim, peaks = noisy
-    again = BraggDiskFinder(probe=probe, n_jobs=2, block_size=16, progress=False)
+    sim, peaks, estimator = noisy
+    again = BraggDiskFinder(
+        probe=probe, subpixel=estimator, n_jobs=2, block_size=16, progress=False
+    )
     other = again.transform(sk.DataCube(sim.data))
     for name in ("qx", "qy", "intensity", "quality", "offsets"):
         np.testing.assert_array_equal(getattr(other, name), getattr(peaks, name))
@@ -151,7 +161,7 @@ def test_parabolic_and_none_modes_find_the_disks(probe):
 
 
 def test_bragg_vector_map(noisy):
-    _, peaks = noisy
+    _, peaks, _ = noisy
     bvm = bragg_vector_map(peaks, upsample=2)
     assert bvm.image.shape == (256, 256)
     assert bvm.image.sum() == pytest.approx(peaks.intensity.sum())
@@ -175,7 +185,7 @@ def test_each_disk_takes_the_poisson_kernel_of_its_background_ratio(probe):
 def test_faint_third_order_disks_near_their_bound(noisy):
     # the faint (~1 000 counts) third-order disks sit beside disks 5x brighter: with the
     # bright disks' kernel they were off by 1.22x their bound, with their own ~1.12x
-    sim, peaks = noisy
+    sim, peaks, _ = noisy
     errors, index = match(peaks, sim.truth)
     crb = [simulate.crystal_disk_crb(sim, divmod(p, 8)).rms for p in range(16)]
     order = sim.truth.order

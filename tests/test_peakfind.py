@@ -70,13 +70,14 @@ def test_background_plane_is_blind_to_curvature_and_to_the_disks():
 
 @pytest.mark.parametrize(
     "shape, radius, tol",
-    [((37, 53), 3.0, 0.01), ((64, 64), 6.0, 0.01), ((33, 96), 8.5, 0.01), ((20, 24), 5.5, 0.2)],
+    [((37, 53), 3.0, 0.01), ((64, 64), 6.0, 0.01), ((33, 96), 8.5, 0.01), ((20, 24), 5.5, 0.3)],
 )
 def test_any_detector_shape_and_disks_over_the_edge(shape, radius, tol):
     """Odd shapes (not binned), windows larger than the detector, disks cut by the edge:
     the unchecked row copies stay inside, every output is finite, and the disk wholly
     inside is found (exactly, unless the detector is too small to hold it clear of the
-    others: on 20 x 24 px the cut disks, never detected, overlap its window)."""
+    others: on 20 x 24 px the cut disks, never detected, overlap its window and the
+    first moment's aperture)."""
     import strainkit as sk
     from strainkit.probe import ProbeTemplate, disk_model
 

@@ -54,8 +54,10 @@ def test_strain_in_the_real_space_frame_matches_the_truth(fitted, scan):
 
 
 def test_strain_error_is_near_the_cramer_rao_bound(fitted, scan):
-    # demo-sized scans (64 x 64) reach 1.06-1.08x the bound (benchmarks/accuracy_strain.py);
-    # 256 positions estimate the ratio to about ±4.5 %, hence the 1.25 here
+    # the default first-moment positions reach 1.24-1.31x the bound on flat disks
+    # (benchmarks/accuracy_matrix.py --only simulator: the centroid weighs the disk's
+    # interior, which carries no information on a flat disk; subpixel='dft' reaches
+    # 1.02-1.12x); 256 positions estimate the ratio to about ±4.5 %, hence the 1.45 here
     _, strain = fitted
     t = scan.truth
     where = np.zeros(t.exx.shape, bool)
@@ -64,7 +66,7 @@ def test_strain_error_is_near_the_cramer_rao_bound(fitted, scan):
     for name, true in (("exx", t.exx), ("eyy", t.eyy), ("exy", t.exy), ("theta_deg", t.theta_deg)):
         error = getattr(strain, name) - true
         ratio = np.sqrt(np.mean(error**2) / np.mean(bound[name][where] ** 2))
-        assert 0.8 < ratio < 1.25, (name, ratio)
+        assert 0.8 < ratio < 1.45, (name, ratio)
         # the standard errors tell the truth: |error| < 2σ at about 95 % of positions
         cover = np.mean(np.abs(error) < 2 * getattr(strain, f"sigma_{name}"))
         assert 0.88 < cover < 0.995, (name, cover)
