@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -226,14 +225,16 @@ def main() -> None:
         if args.match not in case.name:
             continue
         for est in args.subpixel:
-            t0 = time.perf_counter()
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                strain, lattice, _ = run_pipeline(case, est)
+                try:
+                    strain, lattice, _ = run_pipeline(case, est)
+                except ValueError as err:  # e.g. no valid position in the reference
+                    print(f"{case.name:<40}{est:>7}   failed: {str(err)[:120]}", flush=True)
+                    continue
             print(line(case.name, est, score(case, strain, lattice)), flush=True)
-            for w in {str(w.message) for w in caught}:
-                print(f"    warning: {w[:150]}")
-            del t0
+            for w in sorted({str(w.message) for w in caught}):
+                print(f"    warning: {w[:160]}")
 
 
 if __name__ == "__main__":

@@ -26,18 +26,35 @@ exact sum agrees with ``Potential`` on an 8 times finer grid to 0.2 %. No frozen
 (no thermal diffuse scattering), no inelastic scattering, no higher-order Laue zones (the
 first lies beyond the band limit).
 
+The slowly varying case ``si001_slow_series`` uses a supercell of 60 x 15 cells, 4L x L
+(230.4 x 57.6 A), and the field ``SLOW_DISPLACEMENT``: periodic over 4L along x and L along
+y, with exx, eyy, exy and the rotation all varying along x with the 230.4 A period (eyy and
+part of exy and the rotation also change sign along y with period L, as any periodic u_y
+with eyy != 0 must), peak strains about 0.9 %.
+
 abTEM then propagates a 200 kV probe (defocus 0, no aberrations, semi-angle 2.4 mrad
 unless the case says otherwise, abTEM's soft aperture edge) through the slices on a
 384 x 384 grid (0.15 A), band-limited to 2/3 of Nyquist (128 px, 56 mrad), for each
-probe position r_p = (i, j) * L / N of an N x N scan over the whole cell. The tilted case
-uses abTEM's scalar beam tilt (2, 0) mrad, which tilts the propagator (the wave drifts by
-+2e-3 dz along x in each slice), not the incident wave: a specimen tilt, the beam running
-2 mrad off [001] towards +x, with the direct beam staying at the centre of the detector.
+probe position r_p = (i, j) * L / N of an N x N scan over the whole cell (slow case: a
+1536 x 384 grid, the same 0.15 A, and a 32 x 4 scan, r_p = (i * 4L / 32, j * L / 4)).
+The tilted case uses abTEM's scalar beam tilt (2, 0) mrad, which tilts the propagator
+(the wave drifts by +2e-3 dz along x in each slice), not the incident wave: a specimen
+tilt, the beam running 2 mrad off [001] towards +x, with the direct beam staying at the
+centre of the detector.
 
 The detector is the central 256 x 256 px of the far-field intensity, one pixel is
 1/L A^-1, array axis 0 is kx (along the scan's x, axis 0), axis 1 is ky, and pixel (i, j)
 has its centre at coordinate (i, j): the direct beam is centred on (128, 128), or on
-(80, 80) in the small case, which keeps the central 160 x 160 px.
+(80, 80) in the small case, which keeps the central 160 x 160 px. In the slow case the
+simulated pixel is 1/(4L) along kx and 1/L along ky; the intensity is binned 4:1 along kx
+with weights (1/2, 1, 1, 1, 1/2) over raw pixels 4m - 2 ... 4m + 2 from the direct beam
+(each raw pixel counted once in all: the sum of 4 pixels shifted by half a raw pixel), so
+that binned pixel m is centred exactly on kx = m / L, the direct beam on pixel 128 and the
+pixel 1/L A^-1 in both directions, as in the other cases.
+
+The vacuum pattern is the same probe without a specimen (and without the tilt: the direct
+beam where the 000 disk is when untilted), |FFT(probe)|^2 put through the same window,
+binning, normalisation and crop as the data.
 
 Truth. With the reference reciprocal basis g0 (rows g1, g2, in px), the local basis at a
 point r is G(r) = g0 F(r0)^-1 (rows), i.e. g_i = F^-T g0_i, where F = I + grad u is taken
@@ -58,6 +75,9 @@ si001_series_s16    Si 10, 20, 40, 60, 90 cells in one run, 16 x 16; si001_t{A}_
 si001_tilt_s16      Si 10 cells, 16 x 16, beam 2 mrad off the zone axis towards +x
 si001_a50_s16       Si 10 cells, 16 x 16, semi-angle 5.0 mrad (disk radius 11.5 px)
 sto001_t39_s16      SrTiO3 10 cells (39.05 A), 16 x 16
+si001_slow_series   Si 10, 20, 40, 60, 90 cells, 4L x L cell, slow field, 32 x 4 scan;
+                    si001_slow_t{A}_s32x4.h5
+A case whose files all exist only gets the ``vacuum`` dataset added where it is missing.
 
 File format (HDF5, one file per case and thickness)
 ---------------------------------------------------
@@ -70,11 +90,15 @@ truth/origin    float64 (Rx, Ry, 2): centre of the 000 disk in px, in the stored
 truth/g0        float64 (2, 2): unstrained basis (rows g1, g2) in px.
 truth/hk        int64 (K, 2): (h, k) of every reflection h g1 + k g2 whose disk lies wholly
                 on the stored detector and holds >= 1e-4 of the mean pattern's intensity.
+vacuum          float32 (Qx, Qy): the probe's pattern without a specimen, scaled to sum 1
+                over the 256 x 256 detector before any crop, like ``data``.
 Root attributes: kind="multislice", case, crystal, zone, thickness_A, energy_eV,
 semiangle_mrad, tilt_mrad (magnitude; tilt_xy_mrad gives x, y), dk_inv_A (A^-1 per px),
 disk_radius_px, scan_step_A (probe (i, j) at (i, j) * scan_step_A), cell_A (L), d_A and
 lattice_A (both [1/|g1|, 1/|g2|] in A for the unstrained crystal), displacement,
 generator, abtem_version, gpts, sampling_A, slice_thickness_A, frozen_phonons.
+In the slow case cell_A, scan_step_A and gpts are (x, y) pairs and detector_binning is
+(4, 1); dk_inv_A is 1 / L in both directions.
 """
 
 from __future__ import annotations
@@ -103,6 +127,12 @@ DISPLACEMENT = (
     "ux = e*L/(2*pi) * (sin(X) + sin(Y) + 0.4*cos(X + Y)); "
     "uy = e*L/(2*pi) * (0.8*sin(Y) - sin(X) + 0.5*cos(X - Y)); "
     f"X = 2*pi*x/L, Y = 2*pi*y/L, e = {STRAIN}, x, y, L in A"
+)
+SLOW_STRAIN = 0.009
+SLOW_DISPLACEMENT = (
+    "ux = e*Lx/(2*pi) * sin(X) + e*L/(2*pi) * 0.5*cos(X)*sin(Y); "
+    "uy = e*Lx/(2*pi) * 0.8*cos(X) + e*L/(2*pi) * 0.7*(1 + 0.4*sin(X))*sin(Y); "
+    f"X = 2*pi*x/Lx, Y = 2*pi*y/L + pi/4, Lx = 4*L, e = {SLOW_STRAIN}, x, y, L in A"
 )
 
 
@@ -135,16 +165,6 @@ class Crystal:
     sites: tuple
     slices: int
 
-    @property
-    def extent(self) -> float:
-        """The supercell's side L (A)."""
-        return CELLS_XY * self.repeat
-
-    @property
-    def g0(self) -> np.ndarray:
-        """Unstrained reciprocal basis, rows g1 and g2, in detector px."""
-        return np.eye(2) * self.extent / self.d
-
 
 A_SI = 5.431
 A_STO = 3.905
@@ -168,17 +188,57 @@ class Case:
     """One simulation: a crystal, its thickness(es) in unit cells and the optics.
 
     ``file`` is the file name, formatted with the thickness in A (rounded) as ``t``;
-    ``folder`` is the default output folder relative to the repository.
+    ``folder`` is the default output folder relative to the repository. ``scan`` is N (an
+    N x N scan) or (Nx, Ny); ``repeats`` the supercell in projected cells along x and y;
+    ``binning`` the detector binning along kx; ``field`` "fast" (``DISPLACEMENT``) or
+    "slow" (``SLOW_DISPLACEMENT``).
     """
 
     crystal: str
     cells: tuple
-    scan: int
+    scan: int | tuple
     file: str
     semiangle: float = 2.4
     tilt: tuple = (0.0, 0.0)
     crop: int = DETECTOR
     folder: str = "benchmarks/.cache/multislice"
+    repeats: tuple = (CELLS_XY, CELLS_XY)
+    binning: int = 1
+    field: str = "fast"
+
+    @property
+    def lattice(self) -> Crystal:
+        """The crystal."""
+        return CRYSTALS[self.crystal]
+
+    @property
+    def extent(self) -> tuple[float, float]:
+        """The supercell's sides (Lx, Ly) in A."""
+        return (self.repeats[0] * self.lattice.repeat, self.repeats[1] * self.lattice.repeat)
+
+    @property
+    def gpts(self) -> tuple[int, int]:
+        """Simulation grid, 0.15 A (Si) as in the 384 x 384 grid of 15 x 15 cells."""
+        return (GPTS * self.repeats[0] // CELLS_XY, GPTS * self.repeats[1] // CELLS_XY)
+
+    @property
+    def scan_shape(self) -> tuple[int, int]:
+        """(Nx, Ny) probe positions."""
+        return (self.scan, self.scan) if isinstance(self.scan, int) else tuple(self.scan)
+
+    @property
+    def square(self) -> bool:
+        """The 15 x 15 cell cases, whose attributes are scalars."""
+        return self.repeats == (CELLS_XY, CELLS_XY) and self.binning == 1
+
+    @property
+    def g0(self) -> np.ndarray:
+        """Unstrained reciprocal basis, rows g1 and g2, in detector px."""
+        Lx, Ly = self.extent
+        d = self.lattice.d
+        if self.square:
+            return np.eye(2) * Lx / d
+        return np.diag([Lx / self.binning / d, Ly / d])
 
 
 CASES = {
@@ -190,18 +250,31 @@ CASES = {
     "si001_tilt_s16": Case("Si", (10,), 16, "si001_tilt_s16.h5", tilt=(2.0, 0.0)),
     "si001_a50_s16": Case("Si", (10,), 16, "si001_a50_s16.h5", semiangle=5.0),
     "sto001_t39_s16": Case("SrTiO3", (10,), 16, "sto001_t39_s16.h5"),
+    "si001_slow_series": Case(
+        "Si",
+        (10, 20, 40, 60, 90),
+        (32, 4),
+        "si001_slow_t{t}_s32x4.h5",
+        repeats=(4 * CELLS_XY, CELLS_XY),
+        binning=4,
+        field="slow",
+    ),
 }
 
 
-def displacement_gradient(xy: np.ndarray, extent: float) -> tuple[np.ndarray, np.ndarray]:
-    """The displacement field ``DISPLACEMENT`` and its gradient.
+def displacement_gradient(
+    xy: np.ndarray, extent: tuple[float, float], field: str = "fast"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The displacement field ``DISPLACEMENT`` (or ``SLOW_DISPLACEMENT``) and its gradient.
 
     Parameters
     ----------
     xy : ndarray, shape (..., 2)
         Reference positions (A).
-    extent : float
-        The period L (A) in x and y.
+    extent : (float, float)
+        The supercell (Lx, Ly) in A: L = Lx = Ly ("fast"), or Lx = 4L, Ly = L ("slow").
+    field : {"fast", "slow"}
+        Which field.
 
     Returns
     -------
@@ -210,7 +283,9 @@ def displacement_gradient(xy: np.ndarray, extent: float) -> tuple[np.ndarray, np
     grad : ndarray, shape (..., 2, 2)
         ``grad[..., i, j]`` = du_i / dx_j.
     """
-    q = 2 * np.pi / extent
+    if field == "slow":
+        return slow_displacement_gradient(xy, extent)
+    q = 2 * np.pi / extent[0]
     X, Y = q * xy[..., 0], q * xy[..., 1]
     amp = STRAIN / q
     u = amp * np.stack(
@@ -226,7 +301,35 @@ def displacement_gradient(xy: np.ndarray, extent: float) -> tuple[np.ndarray, np
     return u, grad
 
 
-def local_basis(xy: np.ndarray, g0: np.ndarray, extent: float) -> np.ndarray:
+def slow_displacement_gradient(
+    xy: np.ndarray, extent: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``SLOW_DISPLACEMENT`` and its gradient (see ``displacement_gradient``).
+
+    With r = Ly / Lx = 1/4: exx = e (cos X - 0.5 r sin X sin Y), eyy = 0.7 e (1 + 0.4 sin X)
+    cos Y, du_x/dy = 0.5 e cos X cos Y, du_y/dx = e (-0.8 sin X + 0.28 r cos X sin Y).
+    """
+    Lx, Ly = extent
+    qx, qy = 2 * np.pi / Lx, 2 * np.pi / Ly
+    X, Y = qx * xy[..., 0], qy * xy[..., 1] + np.pi / 4
+    sX, cX, sY, cY = np.sin(X), np.cos(X), np.sin(Y), np.cos(Y)
+    e, r = SLOW_STRAIN, qx / qy
+    u = np.stack(
+        [
+            e / qx * sX + e / qy * 0.5 * cX * sY,
+            e / qx * 0.8 * cX + e / qy * 0.7 * (1 + 0.4 * sX) * sY,
+        ],
+        axis=-1,
+    )
+    dux = (cX - 0.5 * r * sX * sY, 0.5 * cX * cY)
+    duy = (-0.8 * sX + 0.28 * r * cX * sY, 0.7 * (1 + 0.4 * sX) * cY)
+    grad = e * np.stack([np.stack(dux, -1), np.stack(duy, -1)], -2)
+    return u, grad
+
+
+def local_basis(
+    xy: np.ndarray, g0: np.ndarray, extent: tuple[float, float], field: str = "fast"
+) -> np.ndarray:
     """Local reciprocal basis G = g0 F(r0)^-1 at current positions ``xy``.
 
     Parameters
@@ -235,8 +338,10 @@ def local_basis(xy: np.ndarray, g0: np.ndarray, extent: float) -> np.ndarray:
         Current (deformed) positions (A).
     g0 : ndarray, shape (2, 2)
         Reference basis, rows g1 and g2.
-    extent : float
-        The period L (A).
+    extent : (float, float)
+        The supercell (A).
+    field : {"fast", "slow"}
+        The displacement field.
 
     Returns
     -------
@@ -245,12 +350,12 @@ def local_basis(xy: np.ndarray, g0: np.ndarray, extent: float) -> np.ndarray:
     """
     r0 = xy.copy()
     for _ in range(12):  # contraction by |grad u| < 0.02: 1e-20 after 12 steps
-        r0 = xy - displacement_gradient(r0, extent)[0]
-    F = np.eye(2) + displacement_gradient(r0, extent)[1]
+        r0 = xy - displacement_gradient(r0, extent, field)[0]
+    F = np.eye(2) + displacement_gradient(r0, extent, field)[1]
     return g0 @ np.linalg.inv(F)
 
 
-def slice_potentials(crystal: Crystal, gpts: int) -> np.ndarray:
+def slice_potentials(case: Case) -> np.ndarray:
     """Projected potential of each slice of one repeat along the beam.
 
     The structure factor of the displaced atoms is summed exactly and multiplied by abTEM's
@@ -259,108 +364,159 @@ def slice_potentials(crystal: Crystal, gpts: int) -> np.ndarray:
 
     Parameters
     ----------
-    crystal : Crystal
-        The crystal.
-    gpts : int
-        Grid points along x and y.
+    case : Case
+        The simulation: its crystal, supercell, grid and displacement field.
 
     Returns
     -------
-    ndarray, shape (crystal.slices, gpts, gpts), float32
+    ndarray, shape (crystal.slices, *case.gpts), float32
         Projected potential (abTEM's units, eV A).
     """
-    L = crystal.extent
-    sampling = L / gpts
-    k = np.fft.fftfreq(gpts, sampling)
-    cells = np.stack(np.meshgrid(np.arange(CELLS_XY), np.arange(CELLS_XY), indexing="ij"), -1)
+    crystal = case.lattice
+    gpts = case.gpts
+    sampling = case.extent[0] / gpts[0]  # the same along y
+    kx = np.fft.fftfreq(gpts[0], sampling)
+    ky = np.fft.fftfreq(gpts[1], sampling)
+    nx, ny = case.repeats
+    cells = np.stack(np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij"), -1)
     integrator = ScatteringFactorProjectionIntegrals(parametrization="lobato")
-    out = np.zeros((crystal.slices, gpts, gpts))
+    out = np.zeros((crystal.slices, *gpts))
     for symbol, fx, fy, index in crystal.sites:
         r0 = (cells.reshape(-1, 2) + (fx, fy)) * crystal.repeat
-        xy = r0 + displacement_gradient(r0, L)[0]
-        ex = np.exp(-2j * np.pi * np.outer(xy[:, 0], k))
-        ey = np.exp(-2j * np.pi * np.outer(xy[:, 1], k))
+        xy = r0 + displacement_gradient(r0, case.extent, case.field)[0]
+        ex = np.exp(-2j * np.pi * np.outer(xy[:, 0], kx))
+        ey = np.exp(-2j * np.pi * np.outer(xy[:, 1], ky))
         structure = np.einsum("ak,al->kl", ex, ey)  # no BLAS: fixed summation order
-        f = integrator.get_scattering_factor(symbol, (gpts, gpts), (sampling,) * 2, "cpu")
+        f = integrator.get_scattering_factor(symbol, gpts, (sampling,) * 2, "cpu")
         out[index] += np.fft.ifft2(structure * f).real / sampling**2
     return out.astype(np.float32)
 
 
-def make_probe(case: Case, extent: float) -> abtem.Probe:
-    """The incident probe of ``case`` on the simulation grid."""
+def make_probe(case: Case, tilt: bool = True) -> abtem.Probe:
+    """The incident probe of ``case`` on the simulation grid (``tilt=False``: untilted)."""
     return abtem.Probe(
         energy=ENERGY,
         semiangle_cutoff=case.semiangle,
-        tilt=case.tilt,
-        extent=extent,
-        gpts=GPTS,
+        tilt=case.tilt if tilt else (0.0, 0.0),
+        extent=case.extent,
+        gpts=case.gpts,
     )
+
+
+def probe_wave(probe: abtem.Probe) -> np.ndarray:
+    """The incident probe's wave centred on pixel (0, 0), complex128 on the grid."""
+    wave = probe.build(scan=abtem.CustomScan([(0.0, 0.0)]), lazy=False).array
+    return np.asarray(wave).reshape(probe.gpts).astype(np.complex128)
 
 
 def probe_weight(probe: abtem.Probe) -> np.ndarray:
     """Incident probe intensity centred on pixel (0, 0), normalised to sum 1."""
-    wave = probe.build(scan=abtem.CustomScan([(0.0, 0.0)]), lazy=False).array
-    intensity = np.abs(np.asarray(wave).reshape(GPTS, GPTS).astype(np.complex128)) ** 2
+    intensity = np.abs(probe_wave(probe)) ** 2
     return intensity / intensity.sum()
 
 
-def scan_positions(n: int, extent: float) -> np.ndarray:
-    """Probe positions (n * n, 2) in A, x-major: position (i, j) is (i, j) * L / n."""
-    ij = np.stack(np.meshgrid(np.arange(n), np.arange(n), indexing="ij"), -1)
-    return ij.reshape(-1, 2) * extent / n
+def scan_positions(n: int | tuple, extent: float | tuple) -> np.ndarray:
+    """Probe positions (nx * ny, 2) in A, x-major: position (i, j) is (i Lx / nx, j Ly / ny)."""
+    nx, ny = (n, n) if isinstance(n, int) else n
+    ij = np.stack(np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij"), -1)
+    return ij.reshape(-1, 2) * np.broadcast_to(extent, 2) / (nx, ny)
 
 
-def run_multislice(case: Case, crystal: Crystal, probe: abtem.Probe) -> np.ndarray:
+def detector_window(case: Case) -> tuple[slice, slice]:
+    """Raw pixels (fftshifted simulation grid) that make up the 256 x 256 detector.
+
+    Along kx with ``case.binning`` = b > 1: b * 256 + 1 raw pixels, binned by ``bin_kx``.
+    """
+    b = case.binning
+    cx, cy = case.gpts[0] // 2, case.gpts[1] // 2  # the direct beam (fftshift, even gpts)
+    lo_x = cx - b * (DETECTOR // 2) - b // 2
+    lo_y = cy - DETECTOR // 2
+    width = b * DETECTOR + (1 if b > 1 else 0)
+    return slice(lo_x, lo_x + width), slice(lo_y, lo_y + DETECTOR)
+
+
+def bin_kx(window: np.ndarray, b: int) -> np.ndarray:
+    """Bin b:1 along axis -2 (b even) with weights (1/2, 1, ..., 1, 1/2) over b + 1 pixels.
+
+    ``window`` holds b * n + 1 pixels along axis -2; output pixel m takes raw pixels
+    b m ... b m + b (the ends shared with its neighbours), centred on raw pixel b m + b / 2,
+    so the direct beam (raw centre) lands on an output pixel centre.
+    """
+    if b == 1:
+        return window
+    n = (window.shape[-2] - 1) // b
+    body = window[..., :-1, :].reshape(*window.shape[:-2], n, b, window.shape[-1]).sum(-2)
+    return body + 0.5 * (window[..., b::b, :] - window[..., :-1:b, :])
+
+
+def vacuum_pattern(case: Case) -> np.ndarray:
+    """The probe's pattern without a specimen on the stored detector (float32).
+
+    The untilted probe: the direct beam is where the 000 disk is without tilt. Same window,
+    binning and normalisation (sum 1 over the 256 x 256 detector) as ``data``, then cropped.
+    """
+    wave = probe_wave(make_probe(case, tilt=False))
+    intensity = np.fft.fftshift(np.abs(np.fft.fft2(wave)) ** 2)
+    sx, sy = detector_window(case)
+    pattern = bin_kx(intensity[sx, sy], case.binning)
+    pattern = pattern / pattern.sum()
+    lo = DETECTOR // 2 - case.crop // 2
+    return pattern[lo : lo + case.crop, lo : lo + case.crop].astype(np.float32)
+
+
+def run_multislice(case: Case, probe: abtem.Probe) -> np.ndarray:
     """Diffraction patterns of every probe position at every exit plane.
 
     Returns
     -------
-    ndarray, shape (planes, N, N, DETECTOR, DETECTOR), float32
+    ndarray, shape (planes, Nx, Ny, DETECTOR, DETECTOR), float32
         Each pattern scaled to sum 1 over the detector.
     """
-    slices = slice_potentials(crystal, GPTS)
+    crystal = case.lattice
+    slices = slice_potentials(case)
     nz = max(case.cells)
     potential = abtem.PotentialArray(
         np.tile(slices, (nz, 1, 1)),
         slice_thickness=crystal.height / crystal.slices,
-        extent=(crystal.extent,) * 2,
+        extent=case.extent,
         exit_planes=tuple(c * crystal.slices - 1 for c in case.cells),
     )
-    scan = abtem.CustomScan(scan_positions(case.scan, crystal.extent))
+    scan = abtem.CustomScan(scan_positions(case.scan_shape, case.extent))
     detector = abtem.PixelatedDetector(max_angle="full")
     patterns = probe.multislice(potential, scan=scan, detectors=detector, max_batch=8)
-    lo = GPTS // 2 - DETECTOR // 2
-    window = patterns.array[..., lo : lo + DETECTOR, lo : lo + DETECTOR]
+    sx, sy = detector_window(case)
+    window = patterns.array[..., sx, sy]
     with dask.config.set(scheduler="threads", num_workers=os.cpu_count()):
         data = np.asarray(window.compute(), dtype=np.float64)
-    data = data.reshape(len(case.cells), case.scan, case.scan, DETECTOR, DETECTOR)
+    data = data.reshape(len(case.cells), *case.scan_shape, *window.shape[-2:])
+    data = np.stack([bin_kx(plane, case.binning) for plane in data])
     data /= data.sum(axis=(-2, -1), keepdims=True)
     return data.astype(np.float32)
 
 
-def truth(case: Case, crystal: Crystal, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def truth(case: Case, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Probe-averaged and pointwise local bases at the scan positions.
 
     Parameters
     ----------
-    case, crystal
+    case
         The simulation.
-    weight : ndarray, shape (GPTS, GPTS)
-        Probe intensity centred on pixel (0, 0), summing to 1.
+    weight : ndarray, shape ``case.gpts``
+        Probe intensity centred on pixel (0, 0), summing to 1 (periodic on the supercell).
 
     Returns
     -------
-    g, g_point : ndarray, shape (N, N, 2, 2)
+    g, g_point : ndarray, shape (Nx, Ny, 2, 2)
     """
-    L = crystal.extent
-    grid = scan_positions(GPTS, L).reshape(GPTS, GPTS, 2)
-    field = local_basis(grid, crystal.g0, L)
+    L, gpts, shape = case.extent, case.gpts, case.scan_shape
+    grid = scan_positions(gpts, L).reshape(*gpts, 2)
+    field = local_basis(grid, case.g0, L, case.field)
     spectrum = np.fft.fft2(np.moveaxis(field, (0, 1), (-2, -1)))
     averaged = np.fft.ifft2(np.conj(np.fft.fft2(weight)) * spectrum).real
-    step = GPTS // case.scan
-    g = np.moveaxis(averaged, (-2, -1), (0, 1))[::step, ::step]
-    positions = scan_positions(case.scan, L).reshape(case.scan, case.scan, 2)
-    return g, local_basis(positions, crystal.g0, L)
+    step = (gpts[0] // shape[0], gpts[1] // shape[1])
+    g = np.moveaxis(averaged, (-2, -1), (0, 1))[:: step[0], :: step[1]]
+    positions = scan_positions(shape, L).reshape(*shape, 2)
+    return g, local_basis(positions, case.g0, L, case.field)
 
 
 def visible_reflections(
@@ -415,42 +571,68 @@ def write(path: Path, data: np.ndarray, datasets: dict, attrs: dict) -> None:
 
 def output_paths(case: Case, out: Path | None) -> list[Path]:
     """File of each thickness of ``case``."""
-    crystal = CRYSTALS[case.crystal]
     folder = out if out is not None else REPO / case.folder
-    return [folder / case.file.format(t=round(c * crystal.height)) for c in case.cells]
+    return [folder / case.file.format(t=round(c * case.lattice.height)) for c in case.cells]
+
+
+def add_vacuum(case: Case, paths: list[Path]) -> list[Path]:
+    """Add the ``vacuum`` dataset to the existing files that lack it; the files changed."""
+    missing = []
+    for path in paths:
+        with h5py.File(path, "r") as f:
+            if "vacuum" not in f:
+                missing.append(path)
+    if missing:
+        vacuum = vacuum_pattern(case)
+        for path in missing:
+            with h5py.File(path, "r+") as f:
+                f.create_dataset("vacuum", data=vacuum, track_times=False)
+    return missing
 
 
 def run_case(name: str, out: Path | None) -> None:
-    """Simulate case ``name`` and write its file(s), unless they all exist."""
+    """Simulate case ``name`` and write its file(s), unless they all exist (then add the
+    ``vacuum`` dataset where it is missing)."""
     case = CASES[name]
-    crystal = CRYSTALS[case.crystal]
     paths = output_paths(case, out)
     if all(p.exists() for p in paths):
-        print(f"{name}: cached, {', '.join(map(str, paths))}")
+        added = add_vacuum(case, paths)
+        note = f" (vacuum added to {len(added)})" if added else ""
+        print(f"{name}: cached{note}, {', '.join(map(str, paths))}")
         return
     start = time.perf_counter()
-    L = crystal.extent
-    probe = make_probe(case, L)
-    data = run_multislice(case, crystal, probe)
-    g, g_point = truth(case, crystal, probe_weight(probe))
+    L = case.extent[1]  # 1 / L is the detector pixel along kx and ky
+    probe = make_probe(case)
+    data = run_multislice(case, probe)
+    g, g_point = truth(case, probe_weight(probe))
     lo = DETECTOR // 2 - case.crop // 2
     data = data[..., lo : lo + case.crop, lo : lo + case.crop]
-    origin = np.full((case.scan, case.scan, 2), DETECTOR // 2 - lo, dtype=np.float64)
+    origin = np.full((*case.scan_shape, 2), DETECTOR // 2 - lo, dtype=np.float64)
     radius = case.semiangle * 1e-3 / energy2wavelength(ENERGY) * L
+    vacuum = vacuum_pattern(case)
     for cells, path, frames in zip(case.cells, paths, data):
         mean = frames.mean((0, 1))
-        hk = visible_reflections(mean, origin[0, 0], g_point, crystal.g0, radius)
+        hk = visible_reflections(mean, origin[0, 0], g_point, case.g0, radius)
         datasets = {
             "truth/g": g, "truth/g_point": g_point, "truth/origin": origin,
-            "truth/g0": crystal.g0, "truth/hk": hk,
+            "truth/g0": case.g0, "truth/hk": hk, "vacuum": vacuum,
         }  # fmt: skip
-        write(path, frames, datasets, attributes(name, case, crystal, cells, radius))
+        write(path, frames, datasets, attributes(name, case, cells, radius))
     print(f"{name}: {time.perf_counter() - start:.0f} s, {', '.join(map(str, paths))}")
 
 
-def attributes(name: str, case: Case, crystal: Crystal, cells: int, radius: float) -> dict:
+def attributes(name: str, case: Case, cells: int, radius: float) -> dict:
     """Root attributes of a file (see the module docstring)."""
-    L = crystal.extent
+    crystal = case.lattice
+    Lx, L = case.extent
+    shape = case.scan_shape
+    if case.square:
+        cell, step, gpts, extra = L, L / shape[0], GPTS, {}
+    else:
+        cell = np.array(case.extent)
+        step = np.array([Lx / shape[0], L / shape[1]])
+        gpts = np.array(case.gpts, dtype=np.int64)
+        extra = {"detector_binning": np.array([case.binning, 1], dtype=np.int64)}
     return {
         "kind": "multislice",
         "case": name,
@@ -463,17 +645,18 @@ def attributes(name: str, case: Case, crystal: Crystal, cells: int, radius: floa
         "tilt_xy_mrad": np.array(case.tilt, dtype=np.float64),
         "dk_inv_A": 1 / L,
         "disk_radius_px": radius,
-        "scan_step_A": L / case.scan,
-        "cell_A": L,
+        "scan_step_A": step,
+        "cell_A": cell,
         "d_A": np.array([crystal.d, crystal.d]),
         "lattice_A": np.array([crystal.d, crystal.d]),
-        "displacement": DISPLACEMENT,
+        "displacement": SLOW_DISPLACEMENT if case.field == "slow" else DISPLACEMENT,
         "generator": "benchmarks/multislice.py",
         "abtem_version": abtem.__version__,
-        "gpts": GPTS,
-        "sampling_A": L / GPTS,
+        "gpts": gpts,
+        "sampling_A": L / case.gpts[1],
         "slice_thickness_A": crystal.height / crystal.slices,
         "frozen_phonons": 0,
+        **extra,
     }
 
 

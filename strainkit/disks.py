@@ -58,6 +58,7 @@ background under it.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -170,6 +171,8 @@ class DetectionPlan:
     corr_power: float
     sweeps: int
     moment: tuple  # (enabled, disk radius, aperture margin, kernel offset): first moments
+    radius: float  # the probe's disk radius (px)
+    edge_width: float  # the probe's disk edge width (px)
 
     @property
     def models(self) -> tuple:
@@ -309,6 +312,8 @@ def make_plan(probe: ProbeTemplate, kernel: np.ndarray, settings: dict) -> Detec
         subpixel=int(settings.get("subpixel", 2)),
         corr_power=float(settings.get("corr_power", 1.0)),
         sweeps=int(settings.get("sweeps", 2)),
+        radius=float(radius),
+        edge_width=float(probe.edge_width_),
         moment=(
             margin is not None,
             float(radius),
@@ -591,7 +596,64 @@ class BraggDiskFinder(Estimator):
         ):
             counts[start : start + len(cnt)] = cnt
             pieces.append(out[np.arange(out.shape[1])[None, :] < cnt[:, None]])
-        return _assemble(pieces, counts, cube)
+        peaks = _assemble(pieces, counts, cube)
+        _warn_broken_assumptions(peaks, plan, p.subpixel, type(self).__name__)
+        return peaks
+
+
+# Edges sharper than this (px) alias in the DFT-interpolated correlation.
+SHARP_EDGE = 0.5
+
+
+def _warn_broken_assumptions(peaks: BraggPeaks, plan: DetectionPlan, subpixel: str, name: str):
+    """Warn where the data break what the chosen estimator assumes (see the module
+    docstring): edges too sharp to interpolate, or disks too close to measure apart."""
+    edge = plan.edge_width
+    if subpixel == "dft" and edge < SHARP_EDGE:
+        warnings.warn(
+            f"{name}: the probe's disk edge is {edge:.2f} px wide, sharper than the "
+            f"~{SHARP_EDGE} px the DFT-interpolated correlation needs: positions alias toward "
+            "the pixel grid (by up to ~0.01 px). Use subpixel='moment', which does not "
+            "interpolate.",
+            UserWarning,
+            stacklevel=3,
+        )
+    gap = _median_gap(peaks, plan.radius)
+    if subpixel == "moment" and gap < 2.0:
+        warnings.warn(
+            f"{name}: neighbouring disks (radius {plan.radius:.1f} px) are {gap:.1f} px apart "
+            "edge to edge (median): the first moment's aperture cannot hold a disk's "
+            "blurred edge without reaching into its neighbour's, so positions carry "
+            "part of the neighbours' model errors. Overlapping disks cannot be "
+            "measured apart; use a smaller convergence angle or subpixel='dft'.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _median_gap(peaks: BraggPeaks, radius: float, n_positions: int = 64) -> float:
+    """The median edge-to-edge gap (px) between each disk and its nearest neighbour, over
+    up to ``n_positions`` positions spread over the scan (inf with fewer than two disks).
+
+    Examples
+    --------
+    >>> p = BraggPeaks.from_positions([np.array([[0, 0, 1, 1], [20, 0, 1, 1.0]])], (1, 1))
+    >>> _median_gap(p, 6.0)
+    8.0
+    """
+    counts = np.diff(peaks.offsets)
+    use = np.flatnonzero(counts >= 2)
+    if len(use) == 0:
+        return np.inf
+    use = use[np.linspace(0, len(use) - 1, min(n_positions, len(use))).astype(int)]
+    gaps = []
+    for pos in use:
+        s = slice(peaks.offsets[pos], peaks.offsets[pos + 1])
+        xy = np.stack([peaks.qx[s], peaks.qy[s]], axis=1)
+        d = np.linalg.norm(xy[:, None] - xy[None], axis=-1)
+        np.fill_diagonal(d, np.inf)
+        gaps.append(d.min(1) - 2 * radius)
+    return float(np.median(np.concatenate(gaps)))
 
 
 def _moment_margin(p, probe: ProbeTemplate) -> float | None:
